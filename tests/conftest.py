@@ -1,0 +1,58 @@
+"""Shared test set-up: an isolated Hugging Face home, the loopback Hub endpoint, tiny models built in code.
+
+huggingface_hub reads HF_ENDPOINT when it is imported, so the environment is set here, before any
+test module imports it. The Hub server itself is started on that port by the `hub_server` fixture.
+"""
+
+from __future__ import annotations
+
+import os
+import socket
+import tempfile
+
+
+def _free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+os.environ["HF_HOME"] = tempfile.mkdtemp(prefix="ddpo-hub-tests-hf-home-")
+os.environ["HF_ENDPOINT"] = f"http://127.0.0.1:{_free_port()}"
+os.environ["HF_HUB_DISABLE_XET"] = "1"
+os.environ["HF_HUB_DISABLE_TELEMETRY"] = "1"
+os.environ["HF_HUB_ETAG_TIMEOUT"] = "5"
+os.environ.pop("HF_TOKEN", None)
+os.environ.pop("HF_HUB_OFFLINE", None)
+
+import pytest  # noqa: E402
+import torch  # noqa: E402
+from diffusers import DDPMPipeline, DDPMScheduler, UNet2DModel  # noqa: E402
+
+TINY_UNET_CONFIG = dict(
+    sample_size=16,
+    in_channels=3,
+    out_channels=3,
+    layers_per_block=1,
+    block_out_channels=(16, 32),
+    down_block_types=("DownBlock2D", "AttnDownBlock2D"),
+    up_block_types=("AttnUpBlock2D", "UpBlock2D"),
+    norm_num_groups=8,
+    attention_head_dim=8,
+)
+
+
+def make_tiny_pipeline(seed: int = 0) -> DDPMPipeline:
+    """A randomly initialised 16x16 DDPM pipeline: fast enough for unit tests on CPU."""
+    torch.manual_seed(seed)
+    unet = UNet2DModel(**TINY_UNET_CONFIG)
+    scheduler = DDPMScheduler(num_train_timesteps=1000, beta_schedule="linear", clip_sample=True)
+    return DDPMPipeline(unet=unet, scheduler=scheduler)
+
+
+@pytest.fixture(scope="session")
+def tiny_pipeline_dir(tmp_path_factory) -> str:
+    """A saved tiny `DDPMPipeline` folder (random weights), shared by the whole session: do not modify."""
+    path = tmp_path_factory.mktemp("tiny-ddpm")
+    make_tiny_pipeline().save_pretrained(path)
+    return str(path)

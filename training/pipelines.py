@@ -1,0 +1,144 @@
+"""Loading a DDPM model and choosing its sampler: the one place the trainer, evaluation and the Space share.
+
+A `DDPMPipeline` folder holds a UNet and a scheduler config. Users sample it with DDPM, DDIM or PNDM;
+each scheduler needs its own pipeline class (PNDM inside `DDPMPipeline` crashes), so we build the
+pipeline around the same UNet instead of swapping the scheduler on a fixed pipeline.
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+from pathlib import Path
+
+from diffusers import (
+    DDIMPipeline,
+    DDIMScheduler,
+    DDPMPipeline,
+    DDPMScheduler,
+    DiffusionPipeline,
+    PNDMPipeline,
+    PNDMScheduler,
+    UNet2DModel,
+)
+from huggingface_hub import constants, snapshot_download
+from huggingface_hub.errors import (
+    GatedRepoError,
+    HFValidationError,
+    LocalEntryNotFoundError,
+    RepositoryNotFoundError,
+    RevisionNotFoundError,
+)
+from huggingface_hub.utils import validate_repo_id
+
+
+@dataclass(frozen=True)
+class SchedulerChoice:
+    """A sampler users can pick: its scheduler class, the pipeline that drives it, a default step count."""
+
+    scheduler_class: type
+    pipeline_class: type[DiffusionPipeline]
+    default_steps: int
+    max_steps: int = 1000
+
+
+SCHEDULERS: dict[str, SchedulerChoice] = {
+    "DDPM": SchedulerChoice(DDPMScheduler, DDPMPipeline, default_steps=1000),
+    "DDIM": SchedulerChoice(DDIMScheduler, DDIMPipeline, default_steps=50),
+    "PNDM": SchedulerChoice(PNDMScheduler, PNDMPipeline, default_steps=50),
+}
+
+BUNDLED_MODELS_DIR = Path(__file__).parent / "base_models"
+TINY_BASE_MODEL = BUNDLED_MODELS_DIR / "tiny-textures-32"
+"""The small DDPM shipped with the project (see `training/pretrain_base.py`)."""
+
+
+class ModelLoadError(ValueError):
+    """The model id or folder does not hold a loadable diffusers `UNet2DModel` pipeline."""
+
+
+def scheduler_choice(name: str) -> SchedulerChoice:
+    """Look a scheduler up by name, case-insensitively, with an error that lists the allowed names."""
+    try:
+        return SCHEDULERS[name.upper()]
+    except KeyError:
+        allowed = ", ".join(SCHEDULERS)
+        raise ValueError(f"Unknown scheduler {name!r}; choose one of {allowed}.") from None
+
+
+def build_pipeline(unet: UNet2DModel, scheduler_config: dict, scheduler: str) -> DiffusionPipeline:
+    """Wrap `unet` in the pipeline class for `scheduler`, with a scheduler made from the model's config."""
+    choice = scheduler_choice(scheduler)
+    return choice.pipeline_class(unet=unet, scheduler=choice.scheduler_class.from_config(scheduler_config))
+
+
+def resolve_model_path(model: str | os.PathLike) -> str:
+    """Map the name of a bundled model to its folder; leave Hub ids and other paths unchanged."""
+    bundled = BUNDLED_MODELS_DIR / str(model)
+    return str(bundled) if bundled.is_dir() else str(model)
+
+
+def fetch_pipeline_folder(
+    model: str | os.PathLike,
+    *,
+    revision: str | None = None,
+    token: str | bool | None = None,
+) -> Path:
+    """Return a local `DDPMPipeline` folder for a bundled name, a local path or a Hub repo id.
+
+    Hub repos are fetched with `snapshot_download` (only the files a pipeline needs), so Hub failures
+    surface as huggingface_hub's specific exceptions, which we turn into one readable `ModelLoadError`.
+    """
+    source = resolve_model_path(model)
+    path = Path(source)
+    if path.exists():
+        if not (path / "unet" / "config.json").is_file() or not (path / "scheduler").is_dir():
+            raise ModelLoadError(
+                f"{source!r} is a folder but not a diffusers pipeline: it needs 'unet/config.json' and 'scheduler/'."
+            )
+        return path
+    if source.startswith((".", "/", "~")) or source.count("/") > 1:
+        raise ModelLoadError(f"No such model folder: {source!r}.")
+    try:
+        validate_repo_id(source)
+    except HFValidationError as error:
+        raise ModelLoadError(f"{source!r} is neither an existing folder nor a valid Hub repo id.") from error
+    try:
+        folder = snapshot_download(
+            source,
+            revision=revision,
+            token=token,
+            allow_patterns=["model_index.json", "unet/*", "scheduler/*"],
+        )
+    except (RepositoryNotFoundError, GatedRepoError) as error:
+        raise ModelLoadError(
+            f"Model {source!r} was not found on the Hub (or it is private and no valid token was given)."
+        ) from error
+    except RevisionNotFoundError as error:
+        raise ModelLoadError(f"Model {source!r} has no revision {revision!r}.") from error
+    except LocalEntryNotFoundError as error:
+        raise ModelLoadError(
+            f"Could not download {source!r}: the Hugging Face Hub ({constants.ENDPOINT}) is unreachable from "
+            "this machine and the model is not in the local cache. Pass a local pipeline folder instead, "
+            "or set HF_ENDPOINT to a reachable Hub."
+        ) from error
+    folder = Path(folder)
+    if not (folder / "unet" / "config.json").is_file():
+        raise ModelLoadError(f"Hub repo {source!r} is not a diffusers pipeline: it has no 'unet/config.json'.")
+    return folder
+
+
+def load_unet_and_scheduler_config(
+    model: str | os.PathLike,
+    *,
+    revision: str | None = None,
+    token: str | bool | None = None,
+) -> tuple[UNet2DModel, dict]:
+    """Load the UNet and the scheduler config of a `DDPMPipeline` (bundled name, folder or Hub id)."""
+    folder = fetch_pipeline_folder(model, revision=revision, token=token)
+    try:
+        unet = UNet2DModel.from_pretrained(folder, subfolder="unet")
+        scheduler_config = DDPMScheduler.load_config(folder, subfolder="scheduler")
+    except (OSError, ValueError) as error:
+        raise ModelLoadError(f"Could not load a diffusers UNet2DModel pipeline from {str(model)!r}: {error}") from error
+    return unet, dict(scheduler_config)
