@@ -21,9 +21,11 @@ from diffusers import (
     PNDMScheduler,
     UNet2DModel,
 )
-from huggingface_hub import constants, snapshot_download
+from huggingface_hub import ModelCard, constants, hf_hub_download, snapshot_download
 from huggingface_hub.errors import (
+    EntryNotFoundError,
     GatedRepoError,
+    HfHubHTTPError,
     HFValidationError,
     LocalEntryNotFoundError,
     RepositoryNotFoundError,
@@ -142,3 +144,33 @@ def load_unet_and_scheduler_config(
     except (OSError, ValueError) as error:
         raise ModelLoadError(f"Could not load a diffusers UNet2DModel pipeline from {str(model)!r}: {error}") from error
     return unet, dict(scheduler_config)
+
+
+def read_base_model(
+    model: str | os.PathLike,
+    *,
+    revision: str | None = None,
+    token: str | bool | None = None,
+) -> str | None:
+    """The `base_model` named in a model card's metadata: what a fine-tuned model is compared with.
+
+    Reads `README.md` of a folder or Hub repo; None when there is no card or it names no base model.
+    A card listing several base models (a merge) yields the first.
+    """
+    source = resolve_model_path(model)
+    folder = Path(source)
+    if folder.is_dir():
+        card_path = folder / "README.md"
+        if not card_path.is_file():
+            return None
+    else:
+        try:
+            card_path = hf_hub_download(source, "README.md", revision=revision, token=token)
+        except EntryNotFoundError:
+            return None
+        except (HfHubHTTPError, LocalEntryNotFoundError) as error:
+            raise ModelLoadError(f"Could not read the model card of {source!r}: {error}") from error
+    base_model = ModelCard.load(card_path, ignore_metadata_errors=True).data.base_model
+    if isinstance(base_model, list):
+        base_model = base_model[0] if base_model else None
+    return base_model or None
