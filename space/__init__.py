@@ -1,0 +1,1 @@
+"""The Gradio demo Space (`app.py`) and its deployment to the Hub (`deploy.py`)."""
