@@ -1,0 +1,400 @@
+"""`ddpo-eval`: how many JPEG bytes a model's samples take, next to its base model's, per scheduler.
+
+Every image i is generated from its own CPU generator seeded `seed + i`, for the fine-tuned model and for
+its base alike, so image i of both models starts from the same noise (whatever the batch size or device)
+and the two sets pair up picture by picture. Bytes are measured with `training.jpeg`, the function the
+reward uses. The JSON written here is what the model card's results table and model-index are built from.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import platform
+import statistics
+import sys
+from collections.abc import Sequence
+from pathlib import Path
+
+import diffusers
+import torch
+from huggingface_hub import ModelCard, hf_hub_download
+from huggingface_hub.errors import EntryNotFoundError, HfHubHTTPError
+from PIL import Image
+from tqdm.auto import tqdm
+
+from training import jpeg
+from training.pipelines import ModelLoadError, build_pipeline, load_unet_and_scheduler_config, scheduler_choice
+
+logger = logging.getLogger(__name__)
+
+SCHEMA_VERSION = 1
+EVAL_RESULTS_NAME = "eval_results.json"
+GRID_DIR_NAME = "eval_images"
+GRID_COLUMNS = 8
+"""Seeds shown in each per-scheduler before/after grid (the first ones)."""
+
+Samples = dict[str, dict[str, list[Image.Image]]]
+"""Generated images by scheduler key, then by role ("model" or "base"), in seed order."""
+
+
+def parse_num_inference_steps(text: str | None, schedulers: Sequence[str]) -> dict[str, int]:
+    """Parse `--num-inference-steps`: one int for every scheduler, or `ddim=50,pndm=50,ddpm=1000`."""
+    if not text:
+        return {}
+    text = text.strip()
+    if text.isdigit():
+        return {name.lower(): int(text) for name in schedulers}
+    steps = {}
+    for item in text.split(","):
+        name, sep, value = item.partition("=")
+        if not sep or not value.strip().isdigit():
+            raise ValueError(f"Bad --num-inference-steps item {item!r}: expected NAME=INT, e.g. ddim=50.")
+        name = name.strip().lower()
+        scheduler_choice(name)  # a clear error for an unknown name
+        steps[name] = int(value)
+    return steps
+
+
+def _resolve_steps(schedulers: Sequence[str], num_inference_steps: dict[str, int] | None) -> dict[str, int]:
+    """Steps per scheduler key (lower-case name): the given value or the scheduler's default, range-checked."""
+    given = {name.lower(): steps for name, steps in (num_inference_steps or {}).items()}
+    keys = [name.lower() for name in schedulers]
+    unknown = set(given) - set(keys)
+    if unknown:
+        raise ValueError(f"Steps given for schedulers that are not evaluated: {', '.join(sorted(unknown))}.")
+    resolved = {}
+    for key in keys:
+        choice = scheduler_choice(key)
+        steps = given.get(key, choice.default_steps)
+        if not 1 <= steps <= choice.max_steps:
+            raise ValueError(f"{key} needs between 1 and {choice.max_steps} inference steps, got {steps}.")
+        resolved[key] = steps
+    return resolved
+
+
+def byte_stats(sizes: Sequence[int]) -> dict:
+    """Mean, median, population std, min and max of JPEG sizes, plus the per-image list in seed order."""
+    return {
+        "mean": statistics.fmean(sizes),
+        "median": float(statistics.median(sizes)),
+        "std": statistics.pstdev(sizes),
+        "min": min(sizes),
+        "max": max(sizes),
+        "jpeg_bytes": list(sizes),
+    }
+
+
+def generate(
+    pipeline: diffusers.DiffusionPipeline,
+    *,
+    seeds: Sequence[int],
+    num_inference_steps: int,
+    batch_size: int,
+    progress: tqdm | None = None,
+) -> list[Image.Image]:
+    """Sample one image per seed, in batches, each from its own CPU generator (batch-size independent)."""
+    images: list[Image.Image] = []
+    for start in range(0, len(seeds), batch_size):
+        chunk = seeds[start : start + batch_size]
+        generators = [torch.Generator("cpu").manual_seed(seed) for seed in chunk]
+        output = pipeline(batch_size=len(chunk), generator=generators, num_inference_steps=num_inference_steps)
+        images.extend(output.images)
+        if progress is not None:
+            progress.update(len(chunk))
+    return images
+
+
+def _pair_grid(rows: Sequence[Sequence[Image.Image]]) -> Image.Image:
+    """Paste rows of equally sized images into one picture (row 0 = base, row 1 = fine-tuned)."""
+    width, height = rows[0][0].size
+    columns = max(len(row) for row in rows)
+    grid = Image.new("RGB", (columns * width, len(rows) * height), "white")
+    for r, row in enumerate(rows):
+        for c, image in enumerate(row):
+            grid.paste(image.convert("RGB"), (c * width, r * height))
+    return grid
+
+
+def run_evaluation(
+    model: str,
+    base: str | None,
+    *,
+    schedulers: Sequence[str],
+    num_images: int,
+    seed: int = 0,
+    num_inference_steps: dict[str, int] | None = None,
+    batch_size: int = 16,
+    device: str | None = None,
+    revision: str | None = None,
+) -> tuple[dict, Samples]:
+    """Like `evaluate`, but also return the images, for grids and the optional Hub dataset."""
+    if num_images < 1:
+        raise ValueError("num_images must be at least 1.")
+    if batch_size < 1:
+        raise ValueError("batch_size must be at least 1.")
+    if not schedulers:
+        raise ValueError("Give at least one scheduler (ddpm, ddim, pndm).")
+    steps = _resolve_steps(schedulers, num_inference_steps)
+    device = device or ("cuda" if torch.cuda.is_available() else "cpu")
+    seeds = list(range(seed, seed + num_images))
+    roles = {"model": (model, revision)} | ({"base": (base, None)} if base else {})
+
+    results: dict = {
+        "schema_version": SCHEMA_VERSION,
+        "model": str(model),
+        "model_revision": revision,
+        "base": str(base) if base else None,
+        "num_images": num_images,
+        "seed": seed,
+        "seeds": seeds,
+        "jpeg": {"quality": jpeg.JPEG_QUALITY, "subsampling": jpeg.JPEG_SUBSAMPLING},
+        "device": device,
+        "versions": {
+            "torch": torch.__version__,
+            "diffusers": diffusers.__version__,
+            "python": platform.python_version(),
+        },
+        "schedulers": {key: {"name": key.upper(), "num_inference_steps": n} for key, n in steps.items()},
+    }
+    samples: Samples = {key: {} for key in steps}
+    progress = tqdm(total=len(roles) * len(steps) * num_images, unit="img", desc="ddpo-eval")
+    try:
+        for role, (name, role_revision) in roles.items():
+            unet, scheduler_config = load_unet_and_scheduler_config(name, revision=role_revision)
+            unet = unet.to(device).eval()
+            results.setdefault("image_size", unet.config.sample_size)
+            for key, n_steps in steps.items():
+                progress.set_description(f"{role} {key}")
+                pipeline = build_pipeline(unet, scheduler_config, key)
+                pipeline.set_progress_bar_config(disable=True)
+                images = generate(
+                    pipeline, seeds=seeds, num_inference_steps=n_steps, batch_size=batch_size, progress=progress
+                )
+                samples[key][role] = images
+                results["schedulers"][key][role] = byte_stats(jpeg.jpeg_sizes(images))
+            del unet
+    finally:
+        progress.close()
+
+    for entry in results["schedulers"].values():
+        if "base" in entry:
+            entry["mean_change"] = entry["model"]["mean"] / entry["base"]["mean"] - 1
+    return results, samples
+
+
+def save_grids(results: dict, samples: Samples, grid_dir: Path, *, relative_to: Path | None = None) -> None:
+    """Write one base-over-fine-tuned grid per scheduler (first seeds) and record its path in `results`."""
+    grid_dir.mkdir(parents=True, exist_ok=True)
+    for key, by_role in samples.items():
+        rows = [by_role[role][:GRID_COLUMNS] for role in ("base", "model") if role in by_role]
+        path = grid_dir / f"{key}.png"
+        _pair_grid(rows).save(path)
+        results["schedulers"][key]["grid"] = {
+            "path": (path.relative_to(relative_to) if relative_to else path).as_posix(),
+            "rows": [role for role in ("base", "model") if role in by_role],
+            "seeds": results["seeds"][:GRID_COLUMNS],
+        }
+
+
+def push_eval_dataset(
+    results: dict,
+    samples: Samples,
+    repo_id: str,
+    *,
+    token: str | None = None,
+    private: bool = False,
+) -> str:
+    """Push every evaluation image with its byte size as a Hub dataset; return the commit URL.
+
+    Columns: `image` (PNG), `model` (the model id as given, a local folder by its name), `role`
+    ("model" or "base"), `scheduler`, `num_inference_steps`, `seed`, `jpeg_bytes`.
+    """
+    from datasets import Dataset, Features, Value
+    from datasets import Image as ImageFeature
+
+    names = {"model": _display_name(results["model"]), "base": _display_name(results["base"])}
+    columns: dict[str, list] = {
+        key: [] for key in ("image", "model", "role", "scheduler", "num_inference_steps", "seed", "jpeg_bytes")
+    }
+    for key, by_role in samples.items():
+        entry = results["schedulers"][key]
+        for role, images in by_role.items():
+            for seed, image, size in zip(results["seeds"], images, entry[role]["jpeg_bytes"], strict=True):
+                columns["image"].append(image)
+                columns["model"].append(names[role])
+                columns["role"].append(role)
+                columns["scheduler"].append(key)
+                columns["num_inference_steps"].append(entry["num_inference_steps"])
+                columns["seed"].append(seed)
+                columns["jpeg_bytes"].append(size)
+    features = Features(
+        {
+            "image": ImageFeature(),
+            "model": Value("string"),
+            "role": Value("string"),
+            "scheduler": Value("string"),
+            "num_inference_steps": Value("int32"),
+            "seed": Value("int64"),
+            "jpeg_bytes": Value("int64"),
+        }
+    )
+    dataset = Dataset.from_dict(columns, features=features)
+    info = dataset.push_to_hub(
+        repo_id,
+        token=token,
+        private=private,
+        commit_message=f"ddpo-eval: {results['num_images']} images per model and scheduler of {names['model']}",
+    )
+    return str(info.commit_url)
+
+
+def _display_name(model: str | None) -> str | None:
+    """Hub ids as they are; local folders by their name only (no machine paths in published data)."""
+    if model is None:
+        return None
+    path = Path(model)
+    return path.name if path.exists() else model
+
+
+def evaluate(
+    model: str,
+    base: str | None,
+    *,
+    schedulers: Sequence[str],
+    num_images: int,
+    seed: int = 0,
+    num_inference_steps: dict[str, int] | None = None,
+    batch_size: int = 16,
+    device: str | None = None,
+    revision: str | None = None,
+) -> dict:
+    """JPEG byte statistics of `num_images` fixed-seed samples of `model` (and `base`), per scheduler.
+
+    Returns the evaluation JSON (see the module docstring and the README for the schema). `base=None`
+    evaluates the model alone. Raises `ModelLoadError` for a model that cannot be loaded and
+    `ValueError` for a bad scheduler name, step count or image count.
+    """
+    results, _ = run_evaluation(
+        model,
+        base,
+        schedulers=schedulers,
+        num_images=num_images,
+        seed=seed,
+        num_inference_steps=num_inference_steps,
+        batch_size=batch_size,
+        device=device,
+        revision=revision,
+    )
+    return results
+
+
+def default_base_model(model: str, *, revision: str | None = None) -> str | None:
+    """The base a model was fine-tuned from: its run folder's `ddpo_config.json`, else its card's `base_model`."""
+    path = Path(model)
+    if path.is_dir():
+        config_path = path / "ddpo_config.json"
+        if config_path.is_file():
+            base = json.loads(config_path.read_text()).get("base_model")
+            if base:
+                return str(base)
+        card_path = path / "README.md"
+    else:
+        try:
+            card_path = Path(hf_hub_download(model, "README.md", revision=revision))
+        except (EntryNotFoundError, HfHubHTTPError, OSError, ValueError):
+            return None
+    if not card_path.is_file():
+        return None
+    base = ModelCard.load(card_path, ignore_metadata_errors=True).data.get("base_model")
+    if isinstance(base, list):
+        base = base[0] if base else None
+    return base
+
+
+def _parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="ddpo-eval",
+        description="Measure the JPEG size of fixed-seed samples of a model and its base model, per scheduler.",
+    )
+    parser.add_argument("--model", required=True, help="Run folder, pipeline folder or Hub repo id.")
+    parser.add_argument(
+        "--base",
+        help="Base model to compare with (default: the model's ddpo_config.json or model card `base_model`).",
+    )
+    parser.add_argument("--no-base", action="store_true", help="Evaluate the model alone.")
+    parser.add_argument("--revision", help="Revision (branch, tag, commit) of --model on the Hub.")
+    parser.add_argument("--schedulers", default="ddpm,ddim,pndm", help="Comma-separated: ddpm, ddim, pndm.")
+    parser.add_argument("--num-images", type=int, default=64)
+    parser.add_argument("--seed", type=int, default=0, help="Image i uses seed SEED+i, for both models.")
+    parser.add_argument(
+        "--num-inference-steps",
+        help="One int for all schedulers or per scheduler, e.g. ddim=50,pndm=50,ddpm=1000 (default: 1000/50/50).",
+    )
+    parser.add_argument("--batch-size", type=int, default=16)
+    parser.add_argument("--device", help="torch device (default: cuda if available, else cpu).")
+    parser.add_argument(
+        "--output",
+        type=Path,
+        help=f"JSON to write (default: MODEL/{EVAL_RESULTS_NAME} for a local folder, else ./{EVAL_RESULTS_NAME}).",
+    )
+    parser.add_argument("--no-grids", action="store_true", help=f"Do not write {GRID_DIR_NAME}/<scheduler>.png.")
+    parser.add_argument("--push-dataset", metavar="REPO_ID", help="Also push the images as a Hub dataset.")
+    parser.add_argument("--dataset-private", action="store_true", help="Make the --push-dataset repo private.")
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Entry point of `ddpo-eval`."""
+    args = _parser().parse_args(argv)
+    schedulers = [name.strip().lower() for name in args.schedulers.split(",") if name.strip()]
+    try:
+        steps = parse_num_inference_steps(args.num_inference_steps, schedulers)
+        base = None if args.no_base else (args.base or default_base_model(args.model, revision=args.revision))
+        if base is None and not args.no_base:
+            logger.warning("No base model given or recorded for %s: evaluating the model alone.", args.model)
+        output = args.output or (
+            Path(args.model) / EVAL_RESULTS_NAME if Path(args.model).is_dir() else Path(EVAL_RESULTS_NAME)
+        )
+        results, samples = run_evaluation(
+            args.model,
+            base,
+            schedulers=schedulers,
+            num_images=args.num_images,
+            seed=args.seed,
+            num_inference_steps=steps,
+            batch_size=args.batch_size,
+            device=args.device,
+            revision=args.revision,
+        )
+    except (ModelLoadError, ValueError) as error:
+        print(f"ddpo-eval: error: {error}", file=sys.stderr)
+        return 2
+    output.parent.mkdir(parents=True, exist_ok=True)
+    if not args.no_grids:
+        save_grids(results, samples, output.parent / GRID_DIR_NAME, relative_to=output.parent)
+    output.write_text(json.dumps(results, indent=2) + "\n")
+    for entry in results["schedulers"].values():
+        line = f"{entry['name']} ({entry['num_inference_steps']} steps): mean JPEG {entry['model']['mean']:.0f} B"
+        if "base" in entry:
+            line += f" vs base {entry['base']['mean']:.0f} B ({entry['mean_change']:+.1%})"
+        print(line)
+    print(f"Wrote {output}")
+    if args.push_dataset:
+        try:
+            url = push_eval_dataset(results, samples, args.push_dataset, private=args.dataset_private)
+        except (HfHubHTTPError, OSError) as error:
+            from training.hub import scrub_token
+
+            print(
+                f"ddpo-eval: error: pushing the dataset {args.push_dataset!r} failed: {scrub_token(str(error))}",
+                file=sys.stderr,
+            )
+            return 1
+        print(f"Pushed the evaluation images to {url}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
