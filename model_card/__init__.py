@@ -1,0 +1,5 @@
+"""Model cards for DDPO runs: `template.md` filled by `render.py`, pictures by `figures.py`, `ddpo-card` in `cli.py`."""
+
+from model_card.render import render_card, write_card
+
+__all__ = ["render_card", "write_card"]

@@ -1,0 +1,444 @@
+"""Fill `template.md` from a training run folder: the model card README.md and its pictures.
+
+Everything on the card comes from files the run wrote (`ddpo_config.json`, `run_info.json`,
+`metrics.jsonl`, `samples/`) and, when present, `ddpo-eval`'s `eval_results.json`, so the card
+describes the model that was actually trained. The metadata goes through `ModelCardData` so that
+`ModelCard.load` reads it back unchanged.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+import jinja2
+from huggingface_hub import EvalResult, ModelCard, ModelCardData
+from huggingface_hub.errors import HFValidationError
+from huggingface_hub.utils import validate_repo_id
+from PIL import Image
+
+from model_card import figures
+from training import jpeg
+from training.pipelines import SCHEDULERS, resolve_model_path
+
+TEMPLATE_PATH = Path(__file__).with_name("template.md")
+DEFAULT_LICENSE = "apache-2.0"
+BASE_TAGS = ("pytorch", "diffusers", "unconditional-image-generation", "ddpo", "reinforcement-learning")
+IMAGES_DIR = "images"
+EVAL_RESULTS_NAME = "eval_results.json"
+_SAMPLE_NAME = re.compile(r"^epoch_(\d+)\.png$")
+_SECRET_KEY = re.compile(r"token|secret|password", re.IGNORECASE)
+
+REWARD_DESCRIPTIONS = {
+    "jpeg_compressibility": (
+        "JPEG compressibility",
+        "each generated image is rewarded for how small its JPEG encoding is, so the model learns to "
+        "generate images that compress well.",
+    ),
+    "jpeg_incompressibility": (
+        "JPEG incompressibility",
+        "each generated image is rewarded for how large its JPEG encoding is, so the model learns to "
+        "generate images full of detail that compress badly.",
+    ),
+}
+
+
+class RunFolderError(ValueError):
+    """The folder is not a training run folder the card can be made from."""
+
+
+@dataclass(frozen=True)
+class Run:
+    """What a training run folder holds, as the card needs it."""
+
+    run_dir: Path
+    config: dict
+    info: dict
+    metrics: list[dict]
+    samples: list[tuple[int, Path]]
+    """`samples/epoch_XXXX.png` files as (completed epochs, path), oldest first."""
+
+    @property
+    def epochs_completed(self) -> int:
+        return int(self.info.get("epochs_completed") or (self.metrics[-1]["epoch"] if self.metrics else 0))
+
+
+@dataclass(frozen=True)
+class JpegSummary:
+    """Mean JPEG size of one epoch's samples and its change against epoch 1 (the base model's samples)."""
+
+    epoch: int
+    kb: float
+    base_kb: float
+
+    @property
+    def change(self) -> float:
+        return self.kb / self.base_kb - 1 if self.base_kb else 0.0
+
+    @property
+    def change_text(self) -> str:
+        """Whole percent with a sign, e.g. `-37%` (never `-0%`)."""
+        return f"{int(round(self.change * 100)):+d}%"
+
+
+def read_metrics(run_dir: Path) -> list[dict]:
+    """Rows of `metrics.jsonl`, one per epoch in epoch order; a resumed run's rewritten epoch keeps its last row."""
+    path = Path(run_dir) / "metrics.jsonl"
+    if not path.is_file():
+        return []
+    by_epoch: dict[int, dict] = {}
+    for line in path.read_text().splitlines():
+        if line.strip():
+            row = json.loads(line)
+            by_epoch[int(row["epoch"])] = row
+    return [by_epoch[epoch] for epoch in sorted(by_epoch)]
+
+
+def jpeg_summary(rows: Sequence[dict], epoch: int | None = None) -> JpegSummary | None:
+    """The JPEG size of `epoch` (default: the last one) against epoch 1; None without those rows."""
+    by_epoch = {int(row["epoch"]): row for row in rows if row.get("jpeg_kb_mean") is not None}
+    if 1 not in by_epoch:
+        return None
+    epoch = max(by_epoch) if epoch is None else epoch
+    if epoch not in by_epoch:
+        return None
+    kb, base_kb = float(by_epoch[epoch]["jpeg_kb_mean"]), float(by_epoch[1]["jpeg_kb_mean"])
+    return JpegSummary(epoch=epoch, kb=kb, base_kb=base_kb)
+
+
+def load_run(run_dir: Path) -> Run:
+    """Read a run folder; only `ddpo_config.json` is required."""
+    run_dir = Path(run_dir)
+    config_path = run_dir / "ddpo_config.json"
+    if not config_path.is_file():
+        raise RunFolderError(f"{run_dir} is not a ddpo training run folder: it has no ddpo_config.json.")
+    info_path = run_dir / "run_info.json"
+    samples = sorted(
+        (int(match.group(1)), path)
+        for path in (run_dir / "samples").glob("epoch_*.png")
+        if (match := _SAMPLE_NAME.match(path.name))
+    )
+    return Run(
+        run_dir=run_dir,
+        config=json.loads(config_path.read_text()),
+        info=json.loads(info_path.read_text()) if info_path.is_file() else {},
+        metrics=read_metrics(run_dir),
+        samples=samples,
+    )
+
+
+def load_eval_results(run_dir: Path) -> dict | None:
+    """`ddpo-eval`'s JSON in the run folder, if it was run."""
+    path = Path(run_dir) / EVAL_RESULTS_NAME
+    return json.loads(path.read_text()) if path.is_file() else None
+
+
+def hub_model_id(value: str | None) -> str | None:
+    """`value` if it names a Hub model; None for local folders and bundled models (not valid `base_model`)."""
+    if not value or os.path.isabs(value) or Path(value).exists() or resolve_model_path(value) != value:
+        return None
+    try:
+        validate_repo_id(value)
+    except HFValidationError:
+        return None
+    return value
+
+
+def _display_model(value: str | None) -> str:
+    """How the card names a model: Hub ids as links, local folders by name only (no machine paths)."""
+    if not value:
+        return "an unknown base model"
+    if hub_model_id(value):
+        return f"[`{value}`](/{value})"
+    return f"`{Path(value).name}` (a local model)"
+
+
+def _public_value(key: str, value: object) -> str:
+    """A hyperparameter as a Markdown table cell; local paths shortened, secrets hidden."""
+    if _SECRET_KEY.search(key) and value:
+        text = "***"
+    elif isinstance(value, str):
+        text = f"`{Path(value).name}` (local path)" if os.path.isabs(value) else f"`{value}`"
+    else:
+        text = f"`{json.dumps(value)}`"
+    return text.replace("|", "\\|")
+
+
+def _number(value: object, spec: str = ".4g") -> str:
+    return "—" if value is None else format(value, spec)
+
+
+def _bytes(value: float | None) -> str:
+    return "—" if value is None else f"{value:,.1f}"
+
+
+def _seed_range(seeds: Sequence[int]) -> str:
+    if not seeds:
+        return "—"
+    contiguous = list(seeds) == list(range(seeds[0], seeds[0] + len(seeds)))
+    if len(seeds) == 1:
+        return str(seeds[0])
+    return f"{seeds[0]}–{seeds[-1]}" if contiguous else ", ".join(map(str, seeds))
+
+
+def _wall_time(seconds: float | None) -> str:
+    if seconds is None:
+        return "not recorded"
+    seconds = float(seconds)
+    if seconds < 60:
+        return f"{seconds:.1f} s"
+    hours, rest = divmod(round(seconds), 3600)
+    minutes, secs = divmod(rest, 60)
+    return f"{hours} h {minutes:02d} min {secs:02d} s" if hours else f"{minutes} min {secs:02d} s"
+
+
+def _hardware(info: dict) -> str:
+    hardware = info.get("hardware") or {}
+    if not hardware:
+        return "not recorded"
+    processes = hardware.get("num_processes", 1)
+    parts = [f"{hardware.get('device', 'unknown device')}", f"{processes} process{'es' if processes != 1 else ''}"]
+    if hardware.get("mixed_precision") is not None:
+        parts.append(f"mixed precision `{hardware['mixed_precision']}`")
+    return ", ".join(parts)
+
+
+def _reward_tag(reward: str) -> str:
+    """The reward's name as a Hub tag (a custom `module:function` reward becomes `module-function`)."""
+    return re.sub(r"[^a-z0-9_.-]+", "-", reward.lower()).strip("-") or "custom-reward"
+
+
+def eval_results_entries(evaluation: dict) -> list[EvalResult]:
+    """model-index entries: mean and median JPEG bytes of the fine-tuned model, one dataset per scheduler."""
+    entries = []
+    for key, entry in evaluation["schedulers"].items():
+        steps = entry["num_inference_steps"]
+        common = dict(
+            task_type="unconditional-image-generation",
+            task_name="Unconditional Image Generation",
+            dataset_type="ddpo-eval-fixed-seed-samples",
+            dataset_name=f"{evaluation['num_images']} fixed-seed samples, {entry['name']} {steps} steps",
+            dataset_config=key,
+            dataset_args={
+                "scheduler": key,
+                "num_inference_steps": steps,
+                "num_images": evaluation["num_images"],
+                "seed": evaluation["seed"],
+            },
+        )
+        for statistic in ("mean", "median"):
+            entries.append(
+                EvalResult(
+                    **common,
+                    metric_type=f"jpeg_bytes_{statistic}",
+                    metric_name=f"{statistic.capitalize()} JPEG bytes (quality {evaluation['jpeg']['quality']})",
+                    metric_value=round(float(entry["model"][statistic]), 1),
+                )
+            )
+    return entries
+
+
+def _training_eval_results(run: Run) -> list[EvalResult]:
+    """Without `ddpo-eval`: the last epoch's mean JPEG size of the training samples (honestly labelled)."""
+    summary = jpeg_summary(run.metrics)
+    if summary is None:
+        return []
+    scheduler = str(run.config.get("scheduler", "ddim")).lower()
+    return [
+        EvalResult(
+            task_type="unconditional-image-generation",
+            task_name="Unconditional Image Generation",
+            dataset_type="ddpo-training-samples",
+            dataset_name=f"Training samples of epoch {summary.epoch} ({scheduler.upper()})",
+            dataset_config=scheduler,
+            metric_type="jpeg_kb_mean",
+            metric_name="Mean JPEG kB of the epoch's training samples",
+            metric_value=round(summary.kb, 3),
+        )
+    ]
+
+
+def card_data(run: Run, *, repo_id: str | None, evaluation: dict | None, license: str) -> ModelCardData:
+    """The card's YAML metadata."""
+    reward = str(run.config.get("reward", "custom"))
+    results = eval_results_entries(evaluation) if evaluation else _training_eval_results(run)
+    return ModelCardData(
+        license=license,
+        library_name="diffusers",
+        pipeline_tag="unconditional-image-generation",
+        base_model=hub_model_id(run.config.get("base_model")),
+        tags=[*BASE_TAGS, _reward_tag(reward)],
+        model_name=_model_name(run, repo_id),
+        eval_results=results or None,
+    )
+
+
+def _model_name(run: Run, repo_id: str | None) -> str:
+    return repo_id.split("/")[-1] if repo_id else run.run_dir.resolve().name
+
+
+def _figures(run: Run, evaluation: dict | None, eval_root: Path) -> dict[str, Callable[[], Image.Image]]:
+    """The pictures this run can show, by file name under images/, each drawn on demand."""
+    drawn: dict[str, Callable[[], Image.Image]] = {}
+    if len(run.samples) >= 2:
+        (first_epoch, first), (last_epoch, last) = run.samples[0], run.samples[-1]
+        drawn["before_after.png"] = lambda: figures.side_by_side(
+            [(_epoch_label(first_epoch), Image.open(first)), (_epoch_label(last_epoch), Image.open(last))]
+        )
+    if run.metrics and all("reward_mean" in row and "jpeg_kb_mean" in row for row in run.metrics):
+        drawn["training_curves.png"] = lambda: figures.training_curves(run.metrics)
+    for key, entry in (evaluation or {}).get("schedulers", {}).items():
+        grid = entry.get("grid")
+        if grid and (eval_root / grid["path"]).is_file():
+            labels = ["Base" if role == "base" else "Fine-tuned" for role in grid["rows"]]
+            path = eval_root / grid["path"]
+            drawn[f"eval_{key}.png"] = lambda path=path, labels=labels: figures.labelled_rows(Image.open(path), labels)
+    return drawn
+
+
+def _epoch_label(epoch: int) -> str:
+    return "Base model (epoch 0)" if epoch == 0 else f"After {epoch} epoch{'s' if epoch != 1 else ''}"
+
+
+def _evaluation_context(evaluation: dict, image_names: set[str]) -> dict:
+    rows = []
+    for key, entry in evaluation["schedulers"].items():
+        base = entry.get("base") or {}
+        grid = entry.get("grid")
+        rows.append(
+            {
+                "name": entry["name"],
+                "steps": entry["num_inference_steps"],
+                "num_images": evaluation["num_images"],
+                "seeds": _seed_range(evaluation["seeds"]),
+                "base_mean": _bytes(base.get("mean")),
+                "base_median": _bytes(base.get("median")),
+                "model_mean": _bytes(entry["model"]["mean"]),
+                "model_median": _bytes(entry["model"]["median"]),
+                "change": f"{entry['mean_change']:+.1%}" if "mean_change" in entry else "—",
+                "grid": f"{IMAGES_DIR}/eval_{key}.png" if f"eval_{key}.png" in image_names else None,
+                "grid_seeds": _seed_range(grid["seeds"]) if grid else "",
+            }
+        )
+    return {
+        "rows": rows,
+        "num_images": evaluation["num_images"],
+        "seeds": _seed_range(evaluation["seeds"]),
+        "jpeg_quality": evaluation["jpeg"]["quality"],
+        "base": _display_model(evaluation.get("base")) if evaluation.get("base") else "not evaluated",
+    }
+
+
+def _steps(evaluation: dict | None) -> dict[str, int]:
+    steps = {name.lower(): choice.default_steps for name, choice in SCHEDULERS.items()}
+    for key, entry in (evaluation or {}).get("schedulers", {}).items():
+        steps[key] = entry["num_inference_steps"]
+    return steps
+
+
+def _render(run: Run, *, repo_id: str | None, evaluation: dict | None, license: str | None) -> tuple[ModelCard, dict]:
+    license = license or run.config.get("license") or DEFAULT_LICENSE
+    eval_root = run.run_dir
+    drawn = _figures(run, evaluation, eval_root)
+    reward = str(run.config.get("reward", "custom"))
+    reward_title, reward_description = REWARD_DESCRIPTIONS.get(reward, (f"the `{reward}` reward", "a custom reward."))
+    summary = jpeg_summary(run.metrics)
+    base = run.config.get("base_model")
+    reward_queries = "not recorded"
+    if isinstance(run.config.get("num_samples"), int) and run.epochs_completed:
+        total = run.config["num_samples"] * run.epochs_completed
+        reward_queries = f"{total:,} ({run.config['num_samples']:,} samples per epoch × {run.epochs_completed} epochs)"
+    data = card_data(run, repo_id=repo_id, evaluation=evaluation, license=license)
+    context = {
+        "card_data": data.to_yaml(),
+        "title": f"{_model_name(run, repo_id)}: DDPO fine-tune for {reward_title}",
+        "model_name": f"`{_model_name(run, repo_id)}`",
+        "base_link": _display_model(base),
+        "reward": reward,
+        "reward_description": reward_description,
+        "headline": None
+        if summary is None
+        else {
+            "last_epoch": summary.epoch,
+            "base_kb": f"{summary.base_kb:.2f}",
+            "last_kb": f"{summary.kb:.2f}",
+            "change": summary.change_text,
+        },
+        "before_after": f"{IMAGES_DIR}/before_after.png" if "before_after.png" in drawn else None,
+        "before_after_left": _epoch_label(run.samples[0][0]).lower() if run.samples else "",
+        "before_after_right": _epoch_label(run.samples[-1][0]).lower() if run.samples else "",
+        "jpeg_quality": jpeg.JPEG_QUALITY,
+        "jpeg_subsampling": jpeg.JPEG_SUBSAMPLING,
+        "usage_id": repo_id or f"path/to/{_model_name(run, repo_id)}",
+        "steps": _steps(evaluation),
+        "evaluation": _evaluation_context(evaluation, set(drawn)) if evaluation else None,
+        "training_scheduler": str(run.config.get("scheduler", "ddim")).upper(),
+        "curve": f"{IMAGES_DIR}/training_curves.png" if "training_curves.png" in drawn else None,
+        "metrics_rows": [
+            {
+                "epoch": row["epoch"],
+                "reward_mean": _number(row.get("reward_mean")),
+                "reward_std": _number(row.get("reward_std")),
+                "jpeg_kb_mean": _number(row.get("jpeg_kb_mean")),
+                "loss": _number(row.get("loss")),
+                "approx_kl": _number(row.get("approx_kl")),
+                "clipfrac": _number(row.get("clipfrac")),
+                "seconds": _number(row.get("seconds"), ".1f"),
+            }
+            for row in run.metrics
+        ],
+        "epochs_completed": run.epochs_completed,
+        "reward_queries": reward_queries,
+        "hardware": _hardware(run.info),
+        "wall_time": _wall_time(run.info.get("wall_time_seconds")),
+        "hyperparameters": [(key, _public_value(key, value)) for key, value in run.config.items()],
+        "versions": list((run.info.get("versions") or {}).items()),
+    }
+    environment = jinja2.Environment(undefined=jinja2.StrictUndefined, keep_trailing_newline=True, autoescape=False)
+    text = environment.from_string(TEMPLATE_PATH.read_text(encoding="utf-8")).render(**context)
+    text = re.sub(r"\n{3,}", "\n\n", text)
+    return ModelCard(text), drawn
+
+
+def render_card(
+    run_dir: Path,
+    *,
+    repo_id: str | None = None,
+    eval_results: dict | None = None,
+    license: str | None = None,
+) -> ModelCard:
+    """The model card of a run.
+
+    `eval_results` defaults to the run folder's eval_results.json (if any); `license` to the config's
+    `license` key, else apache-2.0.
+    """
+    run = load_run(run_dir)
+    evaluation = eval_results if eval_results is not None else load_eval_results(run_dir)
+    card, _ = _render(run, repo_id=repo_id, evaluation=evaluation, license=license)
+    return card
+
+
+def write_card(
+    run_dir: Path,
+    out_dir: Path,
+    *,
+    repo_id: str | None = None,
+    eval_results: dict | None = None,
+    license: str | None = None,
+) -> Path:
+    """Write out_dir/README.md and the pictures it shows (out_dir/images/*.png); return the README path."""
+    run = load_run(run_dir)
+    evaluation = eval_results if eval_results is not None else load_eval_results(run_dir)
+    card, drawn = _render(run, repo_id=repo_id, evaluation=evaluation, license=license)
+    out_dir = Path(out_dir)
+    if drawn:
+        (out_dir / IMAGES_DIR).mkdir(parents=True, exist_ok=True)
+    for name, draw in drawn.items():
+        draw().save(out_dir / IMAGES_DIR / name)
+    readme = out_dir / "README.md"
+    card.save(readme)
+    return readme
