@@ -271,15 +271,22 @@ def build_demo(
                     step=1,
                     precision=0,
                     label="Inference steps",
+                    elem_id="steps",
                 )
                 images_slider = gr.Slider(
-                    minimum=1, maximum=MAX_IMAGES, value=DEFAULT_IMAGES, step=1, precision=0, label="Images"
+                    minimum=1,
+                    maximum=MAX_IMAGES,
+                    value=DEFAULT_IMAGES,
+                    step=1,
+                    precision=0,
+                    label="Images",
+                    elem_id="num-images",
                 )
                 seed_box = gr.Number(value=0, minimum=0, maximum=MAX_SEED, precision=0, label="Seed")
                 compare_box = gr.Checkbox(value=True, label="Compare with base model")
                 button = gr.Button("Generate", variant="primary")
             with gr.Column(scale=2):
-                gallery = gr.Gallery(label="Samples", columns=2, object_fit="contain", height="auto")
+                gallery = gr.Gallery(label="Samples", elem_id="gallery", columns=2, object_fit="contain", height="auto")
                 summary_md = gr.Markdown(label="Summary", elem_id="summary")
                 table = gr.Dataframe(
                     headers=["model", "scheduler", "seed", "bytes"],

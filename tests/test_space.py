@@ -1,0 +1,340 @@
+"""The Space end to end: the app on 127.0.0.1, driven by gradio_client and by Chromium, models on the test Hub.
+
+A tiny base model and a "fine-tuned" one (other random weights, its card naming the base) are published to
+the loopback Hub. Results are checked against images regenerated here from the same seeds: the JPEG files
+served must be exactly `encode_jpeg` of those images, and their sizes what the training reward measures.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import socket
+import subprocess
+import sys
+import time
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from gradio_client import Client
+from gradio_client.exceptions import AppError
+from huggingface_hub import HfApi, ModelCard, ModelCardData, snapshot_download
+from PIL import Image
+
+from space import deploy
+from space.app import ModelCache, build_demo
+from tests.conftest import make_tiny_pipeline
+from training.jpeg import encode_jpeg, to_pil
+from training.pipelines import build_pipeline, load_unet_and_scheduler_config
+from training.rewards import jpeg_compressibility
+
+REPO_ROOT = Path(__file__).resolve().parents[1]
+ARTIFACTS = REPO_ROOT / "tests" / "artifacts"
+CHROMIUM = os.environ.get("CHROMIUM_PATH", "/usr/bin/chromium")
+CHROMIUM_ARGS = [
+    "--headless",
+    "--no-sandbox",
+    "--disable-gpu",
+    "--disable-background-networking",
+    "--disable-component-update",
+    "--disable-sync",
+    "--no-first-run",
+]
+FEW_STEPS = {"DDPM": 3, "DDIM": 3, "PNDM": 4}
+"""Enough to exercise each scheduler; PNDM needs 4."""
+
+
+@dataclass(frozen=True)
+class Models:
+    base: str
+    finetuned: str
+    not_a_pipeline: str
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+@pytest.fixture(scope="module")
+def models(hub_server, tmp_path_factory) -> Models:
+    """Base and fine-tuned tiny pipelines on the test Hub; the fine-tuned one also has an `epoch-1` tag."""
+    api = HfApi(endpoint=hub_server.endpoint, token=hub_server.token)
+    names = Models(*(hub_server.unique_repo_id(name) for name in ("tiny-base", "tiny-ddpo", "not-a-pipeline")))
+    for repo_id, weights_seed in ((names.base, 0), (names.finetuned, 1)):
+        folder = tmp_path_factory.mktemp("pipeline")
+        make_tiny_pipeline(weights_seed).save_pretrained(folder)
+        card_data = ModelCardData(base_model=names.base) if repo_id == names.finetuned else ModelCardData()
+        ModelCard.from_template(card_data, template_str="---\n{{ card_data }}\n---\n# Tiny test model\n").save(
+            folder / "README.md"
+        )
+        api.create_repo(repo_id)
+        api.upload_folder(repo_id=repo_id, folder_path=folder)
+    api.create_tag(names.finetuned, tag="epoch-1")
+    # main moves on after the tag, so serving the tag must give other images than serving main.
+    folder = tmp_path_factory.mktemp("pipeline")
+    make_tiny_pipeline(2).save_pretrained(folder)
+    api.upload_folder(repo_id=names.finetuned, folder_path=folder, allow_patterns=["unet/*"])
+    api.create_repo(names.not_a_pipeline)
+    api.upload_file(repo_id=names.not_a_pipeline, path_in_repo="README.md", path_or_fileobj=b"# Just a card\n")
+    return names
+
+
+@pytest.fixture(scope="module")
+def space_url(models):
+    """The demo serving the fine-tuned model, launched in this process so images can be regenerated identically."""
+    with pytest.MonkeyPatch.context() as env:
+        env.setenv("GRADIO_ANALYTICS_ENABLED", "False")
+        demo = build_demo(models.finetuned)
+        demo.launch(server_name="127.0.0.1", server_port=free_port(), prevent_thread_lock=True, quiet=True)
+    try:
+        yield demo.local_url
+    finally:
+        demo.close()
+
+
+@pytest.fixture
+def client(space_url, tmp_path) -> Client:
+    return Client(space_url, download_files=str(tmp_path), verbose=False)
+
+
+def expected_images(model_id: str, scheduler: str, steps: int, seeds: list[int], revision=None) -> list[Image.Image]:
+    """The images the Space should serve, sampled here with the shared pipeline code: image i from seed i."""
+    unet, scheduler_config = load_unet_and_scheduler_config(model_id, revision=revision)
+    pipeline = build_pipeline(unet, scheduler_config, scheduler)
+    generators = [torch.Generator().manual_seed(seed) for seed in seeds]
+    return pipeline(batch_size=len(seeds), num_inference_steps=steps, generator=generators).images
+
+
+def training_rewards(images: list[Image.Image]) -> np.ndarray:
+    """The training reward of PIL images, given to it in model space as the trainer does."""
+    pixels = torch.from_numpy(np.stack([np.asarray(image) for image in images])).permute(0, 3, 1, 2)
+    model_space = pixels.float() / 127.5 - 1
+    assert all(np.array_equal(np.asarray(a), np.asarray(b)) for a, b in zip(to_pil(model_space), images, strict=True))
+    rewards, _ = jpeg_compressibility()(model_space)
+    return rewards
+
+
+def caption_bytes(caption: str) -> int:
+    return int(re.search(r"([\d,]+) bytes", caption).group(1).replace(",", ""))
+
+
+def check_served_jpegs(result, expected: dict[str, list[Image.Image]], scheduler: str, seeds: list[int]) -> None:
+    """Gallery, table and images agree: per seed one image per model, the bytes measured are the bytes served."""
+    gallery, table, _ = result
+    assert table["headers"] == ["model", "scheduler", "seed", "bytes"]
+    assert len(gallery) == len(table["data"]) == len(seeds) * len(expected)
+    rewards = {label: training_rewards(images) for label, images in expected.items()}
+    rows = iter(zip(gallery, table["data"], strict=True))
+    for index, seed in enumerate(seeds):
+        for label, images in expected.items():
+            item, (model, row_scheduler, row_seed, num_bytes) = next(rows)
+            data = Path(item["image"]).read_bytes()
+            assert (model, row_scheduler, row_seed) == (label, scheduler, seed)
+            assert data == encode_jpeg(images[index])
+            assert len(data) == num_bytes == caption_bytes(item["caption"])
+            assert rewards[label][index] == -num_bytes / 1000
+            assert f"seed {seed}" in item["caption"] and f"({num_bytes / 1000:.1f} kB)" in item["caption"]
+
+
+@pytest.mark.parametrize("scheduler", ["DDPM", "DDIM", "PNDM"])
+def test_each_scheduler_serves_the_measured_jpegs(client, models, scheduler):
+    steps, seeds = FEW_STEPS[scheduler], [7, 8]
+    result = client.predict(
+        model_id=models.finetuned,
+        scheduler=scheduler,
+        num_inference_steps=steps,
+        num_images=len(seeds),
+        seed=seeds[0],
+        api_name="/generate",
+    )
+    expected = {
+        models.finetuned: expected_images(models.finetuned, scheduler, steps, seeds),
+        models.base: expected_images(models.base, scheduler, steps, seeds),
+    }
+    check_served_jpegs(result, expected, scheduler, seeds)
+    sizes = {label: [row[3] for row in result[1]["data"] if row[0] == label] for label in expected}
+    change = 100 * (1 - np.mean(sizes[models.finetuned]) / np.mean(sizes[models.base]))
+    direction = "smaller" if change >= 0 else "larger"
+    assert f"{abs(change):.1f}% {direction} than the base model **{models.base}**" in result[2]
+
+
+def test_revision_and_default_model(client, models):
+    """A tag is served as that revision; the model defaults to the one the Space was started with."""
+    tagged = client.predict(
+        scheduler="DDIM",
+        num_inference_steps=2,
+        num_images=1,
+        seed=3,
+        revision="epoch-1",
+        compare_with_base=False,
+        api_name="/generate",
+    )
+    label = f"{models.finetuned}@epoch-1"
+    check_served_jpegs(tagged, {label: expected_images(models.finetuned, "DDIM", 2, [3], "epoch-1")}, "DDIM", [3])
+    assert "nothing to compare" not in tagged[2] and "than the base model" not in tagged[2]
+    main = client.predict(
+        scheduler="DDIM", num_inference_steps=2, num_images=1, seed=3, compare_with_base=False, api_name="/generate"
+    )
+    assert Path(main[0][0]["image"]).read_bytes() != Path(tagged[0][0]["image"]).read_bytes()
+
+
+def test_bad_inputs_are_refused_and_the_app_keeps_serving(client, models):
+    valid = dict(model_id=models.finetuned, scheduler="DDIM", num_inference_steps=2, num_images=1, seed=0)
+    bad_requests = [
+        (dict(num_inference_steps=500), "DDIM takes between 1 and 250 inference steps"),
+        (dict(num_inference_steps=5000), "greater than maximum value 1000"),
+        (dict(scheduler="PNDM", num_inference_steps=2), "PNDM takes between 4 and 250"),
+        (dict(num_images=9), "greater than maximum value 8"),
+        (dict(num_images=0), "less than minimum value 1"),
+        (dict(scheduler="Euler"), "not in the list of choices"),
+        (dict(model_id=f"{models.finetuned}-missing"), "was not found on the Hub"),
+        (dict(model_id=models.not_a_pipeline), "is not a diffusers pipeline"),
+        (dict(revision="epoch-99"), "has no revision 'epoch-99'"),
+        (dict(model_id=str(REPO_ROOT)), "server folders are not served"),
+    ]
+    for change, message in bad_requests:
+        with pytest.raises(AppError, match=re.escape(message)):
+            client.predict(**{**valid, **change}, api_name="/generate")
+    gallery, table, _ = client.predict(**valid, api_name="/generate")
+    assert len(gallery) == len(table["data"]) == 2
+
+
+def test_simultaneous_requests_all_complete(client, models):
+    seeds = list(range(20, 28))
+    with ThreadPoolExecutor(len(seeds)) as pool:
+        jobs = [
+            pool.submit(
+                client.predict,
+                model_id=models.base,
+                scheduler="DDIM",
+                num_inference_steps=2,
+                num_images=1,
+                seed=seed,
+                compare_with_base=False,
+                api_name="/generate",
+            )
+            for seed in seeds
+        ]
+        results = [job.result(timeout=120) for job in jobs]
+    for seed, result in zip(seeds, results, strict=True):
+        check_served_jpegs(result, {models.base: expected_images(models.base, "DDIM", 2, [seed])}, "DDIM", [seed])
+
+
+def test_allow_list_and_a_local_default_model(models, tiny_pipeline_dir, tmp_path):
+    with pytest.MonkeyPatch.context() as env:
+        env.setenv("GRADIO_ANALYTICS_ENABLED", "False")
+        demo = build_demo(tiny_pipeline_dir, allowed_models=[models.finetuned])
+        demo.launch(server_name="127.0.0.1", server_port=free_port(), prevent_thread_lock=True, quiet=True)
+    try:
+        client = Client(demo.local_url, download_files=str(tmp_path), verbose=False)
+        with pytest.raises(AppError, match="This Space only serves these models"):
+            client.predict(model_id=models.base, api_name="/generate")
+        result = client.predict(scheduler="DDIM", num_inference_steps=2, num_images=1, seed=1, api_name="/generate")
+        expected = {tiny_pipeline_dir: expected_images(tiny_pipeline_dir, "DDIM", 2, [1])}
+        check_served_jpegs(result, expected, "DDIM", [1])
+        assert "names no `base_model`" in result[2]
+    finally:
+        demo.close()
+
+
+def test_model_cache_is_bounded_and_keyed_by_revision(tiny_pipeline_dir, models):
+    cache = ModelCache(max_models=2, device=torch.device("cpu"))
+    first = cache.get(tiny_pipeline_dir)
+    assert cache.get(tiny_pipeline_dir) is first
+    tagged = cache.get(models.finetuned, "epoch-1")
+    assert tagged.base_model == models.base and cache.get(models.finetuned, "epoch-1") is tagged
+    cache.get(models.finetuned)  # a third model: the least recently used (the folder) is dropped
+    assert cache.get(models.finetuned, "epoch-1") is tagged
+    assert cache.get(tiny_pipeline_dir) is not first
+
+
+def test_deployed_space_runs_on_its_own(models, hub_server, hub_token, tmp_path, capsys):
+    """`python -m space.deploy` makes a self-contained Space repo, and `python app.py` in a copy of it serves."""
+    space_id = hub_server.unique_repo_id("ddpo-demo")
+    deploy.main(["--space-id", space_id, "--model-id", models.finetuned])
+    assert space_id in capsys.readouterr().out
+    api = HfApi(endpoint=hub_server.endpoint, token=hub_token)
+    info = api.space_info(space_id)
+    assert info.sdk == "gradio"
+    assert {"app.py", "requirements.txt", "README.md", "training/jpeg.py", "training/pipelines.py"} <= set(
+        api.list_repo_files(space_id, repo_type="space")
+    )
+    variables = api.get_space_variables(space_id)
+    assert variables["MODEL_ID"].value == models.finetuned
+    space_dir = Path(snapshot_download(space_id, repo_type="space", local_dir=tmp_path / "space"))
+    assert ModelCard.load(space_dir / "README.md").data.models == [models.finetuned, models.base]
+
+    port = free_port()
+    environment = {
+        **os.environ,
+        "MODEL_ID": variables["MODEL_ID"].value,
+        "GRADIO_SERVER_NAME": "127.0.0.1",
+        "GRADIO_SERVER_PORT": str(port),
+        "GRADIO_ANALYTICS_ENABLED": "False",
+        "PYTHONPATH": "",
+    }
+    environment.pop("HF_TOKEN")
+    server = subprocess.Popen(
+        [sys.executable, "app.py"], cwd=space_dir, env=environment, stdout=subprocess.PIPE, stderr=subprocess.STDOUT
+    )
+    try:
+        client = wait_for_app(f"http://127.0.0.1:{port}/", server, tmp_path)
+        gallery, table, summary = client.predict(
+            scheduler="DDIM", num_inference_steps=2, num_images=1, seed=5, api_name="/generate"
+        )
+        assert [row[0] for row in table["data"]] == [models.finetuned, models.base]
+        assert [len(Path(item["image"]).read_bytes()) for item in gallery] == [row[3] for row in table["data"]]
+        assert f"than the base model **{models.base}**" in summary
+    finally:
+        server.terminate()
+        output = server.communicate(timeout=30)[0].decode(errors="replace")
+    assert "Traceback" not in output, output
+
+
+def wait_for_app(url: str, server: subprocess.Popen, download_dir: Path, timeout: float = 120) -> Client:
+    deadline = time.monotonic() + timeout
+    while True:
+        try:
+            return Client(url, download_files=str(download_dir), verbose=False)
+        except Exception:
+            if server.poll() is not None or time.monotonic() > deadline:
+                server.kill()
+                raise AssertionError(server.communicate()[0].decode(errors="replace")) from None
+            time.sleep(1)
+
+
+def test_browser_generates_and_shows_byte_captions(space_url, models):
+    """Chromium opens the page, picks PNDM, clicks Generate and reads the byte captions under the images."""
+    if not Path(CHROMIUM).exists():
+        pytest.skip(f"no Chromium at {CHROMIUM} (set CHROMIUM_PATH); CI installs Debian's chromium")
+    from playwright.sync_api import expect, sync_playwright
+
+    with sync_playwright() as playwright:
+        browser = playwright.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_ARGS)
+        try:
+            page = browser.new_page(viewport={"width": 1280, "height": 900})
+            page.goto(space_url)
+            page.get_by_label("PNDM").check()
+            steps = page.locator("#steps input[type=number]")
+            expect(steps).to_have_value("50")  # the scheduler's default arrived
+            steps.fill("4")
+            steps.press("Enter")
+            images = page.locator("#num-images input[type=number]")
+            images.fill("2")
+            images.press("Enter")
+            page.get_by_role("button", name="Generate").click()
+            captions = page.locator("#gallery .caption-label")
+            expect(captions).to_have_count(4, timeout=60_000)
+            texts = captions.all_inner_texts()
+            ARTIFACTS.mkdir(exist_ok=True)
+            page.screenshot(path=str(ARTIFACTS / "space.png"), full_page=True)
+        finally:
+            browser.close()
+    assert all(re.search(r"seed \d+ · [\d,]+ bytes \(\d+\.\d kB\)", text) for text in texts), texts
+    assert [text.split(" · ")[0] for text in texts] == [models.finetuned, models.base] * 2
