@@ -1,0 +1,110 @@
+"""The sampler's Gaussian policy against diffusers' schedulers and torch.distributions."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+from diffusers import DDIMScheduler, DDPMScheduler
+
+from tests.conftest import make_tiny_pipeline
+from training.sampling import StochasticSampler
+
+
+@pytest.fixture(scope="module")
+def pipeline():
+    return make_tiny_pipeline(seed=3)
+
+
+def _noise(shape, seed):
+    return torch.randn(shape, generator=torch.Generator().manual_seed(seed))
+
+
+@pytest.mark.parametrize("set_alpha_to_one, steps_offset", [(True, 0), (False, 1)])
+def test_ddim_step_matches_diffusers_with_recorded_noise(pipeline, set_alpha_to_one, steps_offset):
+    config = {key: value for key, value in pipeline.scheduler.config.items() if not key.startswith("_")}
+    config.update(set_alpha_to_one=set_alpha_to_one, steps_offset=steps_offset)
+    sampler = StochasticSampler(config, kind="ddim", num_steps=8, eta=1.0)
+    rollout = sampler.rollout(pipeline.unet, _noise((3, 3, 16, 16), 0), generator=torch.Generator().manual_seed(1))
+
+    reference = DDIMScheduler.from_config(config)
+    reference.set_timesteps(8)
+    step_noise = torch.Generator().manual_seed(1)
+    sample = rollout.latents[:, 0]
+    for index, timestep in enumerate(reference.timesteps):
+        with torch.no_grad():
+            output = pipeline.unet(sample, timestep).sample
+        variance_noise = torch.randn(sample.shape, generator=step_noise)
+        sample = reference.step(output, timestep, sample, eta=1.0, variance_noise=variance_noise).prev_sample
+        torch.testing.assert_close(rollout.latents[:, index + 1], sample, rtol=1e-5, atol=1e-5)
+    # diffusers gives the last DDIM step of a DDPM config zero variance: it must not be trained on.
+    assert bool(rollout.trainable[-1]) is (not set_alpha_to_one)
+    assert torch.isfinite(rollout.log_probs).all()
+
+
+def test_ddpm_step_matches_diffusers(pipeline):
+    config = dict(pipeline.scheduler.config)
+    sampler = StochasticSampler(config, kind="ddpm", num_steps=10)
+    reference = DDPMScheduler.from_config(config)
+    reference.set_timesteps(10)
+    sample = _noise((2, 3, 16, 16), 5)
+    for index, timestep in enumerate(reference.timesteps):
+        with torch.no_grad():
+            output = pipeline.unet(sample, timestep).sample
+        step_index = torch.full((2,), index)
+        mean = sampler.step_mean(output, sample, step_index)
+        # DDPMScheduler draws its noise from the generator after computing the mean: replay the same draw.
+        expected = reference.step(output, timestep, sample, generator=torch.Generator().manual_seed(index))
+        noise = torch.randn(sample.shape, generator=torch.Generator().manual_seed(index))
+        ours = mean + sampler.step_std[index] * noise if timestep > 0 else mean
+        torch.testing.assert_close(ours, expected.prev_sample, rtol=1e-5, atol=1e-5)
+        sample = expected.prev_sample
+    assert not sampler.trainable[-1], "DDPM's t=0 step is deterministic"
+    assert sampler.trainable[:-1].all()
+
+
+@pytest.mark.parametrize("kind", ["ddim", "ddpm"])
+def test_log_prob_is_the_mean_gaussian_log_density(pipeline, kind):
+    sampler = StochasticSampler(dict(pipeline.scheduler.config), kind=kind, num_steps=6, eta=0.7)
+    mean = _noise((4, 3, 16, 16), 7)
+    next_sample = _noise((4, 3, 16, 16), 8) * 0.3 + mean
+    step_index = torch.tensor([0, 2, 3, 4])
+    std = sampler.step_std[step_index].view(-1, 1, 1, 1)
+    expected = torch.distributions.Normal(mean, std).log_prob(next_sample).mean(dim=(1, 2, 3))
+    torch.testing.assert_close(sampler.log_prob(next_sample, mean, step_index), expected)
+
+
+def test_deterministic_last_step_has_zero_log_prob_and_no_nan(pipeline):
+    sampler = StochasticSampler(dict(pipeline.scheduler.config), kind="ddim", num_steps=4)
+    assert sampler.step_std[-1] == 0
+    rollout = sampler.rollout(pipeline.unet, _noise((2, 3, 16, 16), 0), generator=torch.Generator().manual_seed(0))
+    assert torch.equal(rollout.log_probs[:, -1], torch.zeros(2))
+    assert torch.isfinite(rollout.log_probs).all()
+
+
+@pytest.mark.parametrize("precision", ["fp32", "bf16"])
+def test_rescoring_recorded_steps_gives_ratio_exactly_one(pipeline, precision):
+    """Per-sample shuffled timesteps, re-scored in the sampler's forward chunks as the trainer does."""
+
+    def autocast():
+        return torch.autocast("cpu", dtype=torch.bfloat16, enabled=precision == "bf16")
+
+    sampler = StochasticSampler(dict(pipeline.scheduler.config), kind="ddim", num_steps=10, eta=1.0)
+    rollout = sampler.rollout(
+        pipeline.unet,
+        _noise((8, 3, 16, 16), 0),
+        generator=torch.Generator().manual_seed(1),
+        autocast=autocast,
+        forward_batch_size=4,
+    )
+    step_index = torch.tensor([8, 0, 3, 3, 6, 1, 0, 5])
+    for rows in (torch.arange(4, 8), torch.arange(0, 4)):
+        with torch.no_grad():
+            log_prob = sampler.score_step(
+                pipeline.unet,
+                rollout.latents[rows, step_index[rows]],
+                step_index[rows],
+                rollout.latents[rows, step_index[rows] + 1],
+                autocast,
+            )
+        ratio = torch.exp(log_prob - rollout.log_probs[rows, step_index[rows]])
+        assert torch.equal(ratio, torch.ones_like(ratio))
