@@ -1,0 +1,72 @@
+"""Reward functions: a batch of model-space images in [-1, 1] in, one float per image out.
+
+Like ddpo-pytorch's `rewards.py`, each built-in reward is a small factory returning the batch function.
+JPEG rewards also return the byte counts, so the trainer logs sizes without encoding twice.
+"""
+
+from __future__ import annotations
+
+import importlib
+from collections.abc import Callable
+
+import numpy as np
+import torch
+
+from training.jpeg import jpeg_sizes
+
+RewardOutput = tuple[np.ndarray, dict[str, np.ndarray]]
+RewardFn = Callable[[torch.Tensor], RewardOutput]
+
+
+def jpeg_compressibility(max_workers: int = 8) -> RewardFn:
+    """Minus the JPEG size in kB (bytes / 1000): smaller files score higher (DDPO's compressibility task)."""
+
+    def reward(images: torch.Tensor) -> RewardOutput:
+        sizes = np.asarray(jpeg_sizes(images, max_workers=max_workers), dtype=np.int64)
+        return -sizes / 1000.0, {"jpeg_bytes": sizes}
+
+    return reward
+
+
+def jpeg_incompressibility(max_workers: int = 8) -> RewardFn:
+    """Plus the JPEG size in kB: busier, harder-to-compress images score higher."""
+
+    def reward(images: torch.Tensor) -> RewardOutput:
+        sizes = np.asarray(jpeg_sizes(images, max_workers=max_workers), dtype=np.int64)
+        return sizes / 1000.0, {"jpeg_bytes": sizes}
+
+    return reward
+
+
+REWARDS: dict[str, Callable[[], RewardFn]] = {
+    "jpeg_compressibility": jpeg_compressibility,
+    "jpeg_incompressibility": jpeg_incompressibility,
+}
+
+
+def load_reward(name: str) -> RewardFn:
+    """A built-in reward by name, or `module:function` naming `function(images) -> floats`."""
+    if name in REWARDS:
+        return REWARDS[name]()
+    if ":" not in name:
+        raise ValueError(
+            f"Unknown reward {name!r}: use one of {', '.join(REWARDS)} or 'module:function' for a custom reward."
+        )
+    module_name, _, attribute = name.partition(":")
+    try:
+        function = getattr(importlib.import_module(module_name), attribute)
+    except (ImportError, AttributeError) as error:
+        raise ValueError(f"Cannot load custom reward {name!r}: {error}.") from error
+    if not callable(function):
+        raise ValueError(f"Custom reward {name!r} is not callable.")
+
+    def reward(images: torch.Tensor) -> RewardOutput:
+        values = function(images)
+        if isinstance(values, torch.Tensor):
+            values = values.detach().float().cpu().numpy()
+        values = np.asarray(values, dtype=np.float64).reshape(-1)
+        if values.shape[0] != images.shape[0]:
+            raise ValueError(f"Reward {name!r} returned {values.shape[0]} values for {images.shape[0]} images.")
+        return values, {}
+
+    return reward
