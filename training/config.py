@@ -1,0 +1,285 @@
+"""`DDPOConfig`: every setting of a run, documented once; presets, config files and CLI flags all feed it.
+
+Precedence, lowest first: the dataclass defaults, the preset, the config file, command-line flags.
+The resolved config is saved as `ddpo_config.json` in the run folder.
+"""
+
+from __future__ import annotations
+
+import ast
+import dataclasses
+import inspect
+import json
+import textwrap
+import tomllib
+from dataclasses import dataclass, field, fields
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+CONFIG_FILENAME = "ddpo_config.json"
+
+
+@dataclass
+class DDPOConfig:
+    """A DDPO fine-tuning run of an unconditional diffusers `DDPMPipeline` (Black et al. 2023, DDPO-IS)."""
+
+    # --- run ---
+    preset: str | None = None
+    """Named starting point (`tiny` or `celebahq-256`); other settings override it."""
+    base_model: str = "tiny-textures-32"
+    """The pipeline to fine-tune: a bundled model name, a local `DDPMPipeline` folder or a Hub repo id."""
+    base_model_revision: str | None = None
+    """Hub revision (branch, tag or commit) of `base_model`."""
+    output_dir: str = "runs/ddpo"
+    """Run folder: the latest pipeline, metrics, sample grids, TensorBoard logs and checkpoints."""
+    seed: int = 0
+    """Seeds every random choice of the run; with the same seed a CPU run is reproducible bit for bit."""
+    epochs: int = 40
+    """Number of sample-then-train epochs."""
+    resume: str | None = None
+    """`latest` (the newest checkpoint in `output_dir`) or a checkpoint folder to resume from."""
+    mixed_precision: str = "no"
+    """`no`, `fp16` or `bf16` (through accelerate's autocast)."""
+
+    # --- reward ---
+    reward: str = "jpeg_compressibility"
+    """`jpeg_compressibility`, `jpeg_incompressibility` or `module:function` (images in [-1, 1] -> floats)."""
+
+    # --- sampling ---
+    scheduler: str = "ddim"
+    """Stochastic reverse process used for rollouts: `ddim` (with `eta`) or `ddpm` (ancestral sampling)."""
+    num_steps: int = 20
+    """Denoising steps per rollout."""
+    eta: float = 1.0
+    """DDIM stochasticity in (0, 1]; 1.0 is the paper's setting. Ignored by `ddpm`."""
+    num_samples: int = 32
+    """Images sampled per epoch, over all processes."""
+    sample_batch_size: int = 16
+    """Images per sampling forward pass, per process."""
+
+    # --- policy update ---
+    train_batch_size: int = 16
+    """Samples per training forward pass, per process; must divide `sample_batch_size`."""
+    gradient_accumulation_steps: int = 1
+    """Training minibatches per optimizer step (each step also accumulates over the trained timesteps)."""
+    num_inner_epochs: int = 1
+    """Passes over each epoch's samples."""
+    timestep_fraction: float = 1.0
+    """Fraction of each trajectory's stochastic steps trained on, chosen at random per sample."""
+    clip_range: float = 1e-4
+    """PPO clip range of the importance ratio."""
+    adv_clip_max: float = 5.0
+    """Advantages are clipped to [-adv_clip_max, adv_clip_max]."""
+    stat_tracking: bool = False
+    """Normalise rewards with running statistics of recent epochs instead of this epoch's batch alone."""
+    stat_tracking_buffer_size: int = 256
+    """Rewards kept by the running-statistics tracker."""
+    stat_tracking_min_count: int = 32
+    """Below this many tracked rewards the tracker falls back to the batch's own statistics."""
+    learning_rate: float = 3e-4
+    """AdamW learning rate."""
+    adam_beta1: float = 0.9
+    adam_beta2: float = 0.999
+    adam_weight_decay: float = 1e-4
+    adam_epsilon: float = 1e-8
+    max_grad_norm: float = 1.0
+    """Gradient-norm clip applied at every optimizer step."""
+    use_ema: bool = False
+    """Keep an exponential moving average of the weights and save it as the published model."""
+    ema_decay: float = 0.999
+    use_lora: bool = False
+    """Train LoRA adapters (merged into the saved UNet) instead of all weights."""
+    lora_rank: int = 8
+    lora_alpha: int = 8
+    lora_target_modules: list[str] = field(
+        default_factory=lambda: ["conv1", "conv2", "to_q", "to_k", "to_v", "to_out.0"]
+    )
+    """Module names LoRA adapts: the ResNet convolutions and the attention projections."""
+
+    # --- outputs ---
+    save_every: int = 1
+    """Save the pipeline and an accelerate checkpoint every N epochs (and always at the end)."""
+    checkpoints_total_limit: int = 3
+    """Accelerate checkpoints kept; older ones are deleted."""
+    grid_every: int = 5
+    """Save a sample grid from fixed seeds every N epochs (and before the first one and at the end)."""
+    grid_size: int = 16
+    """Images in each sample grid."""
+    eval_num_images: int = 0
+    """When positive, evaluate the final model against its base on this many fixed-seed images."""
+    eval_schedulers: list[str] = field(default_factory=lambda: ["ddpm", "ddim", "pndm"])
+    """Samplers used by the final evaluation."""
+
+    # --- Hub ---
+    push_to_hub: str | None = None
+    """Hub repo id to publish checkpoints and the model card to."""
+    hub_private: bool = False
+    """Create the Hub repo as private."""
+    push_every: int = 5
+    """Push every N epochs (and at the end)."""
+    hub_revision: str | None = None
+    """Branch to push to (created when missing)."""
+
+    def validate(self, num_processes: int = 1) -> None:
+        """Reject settings that cannot work, with a message naming the field and what is allowed."""
+        positive = (
+            "epochs",
+            "num_steps",
+            "num_samples",
+            "sample_batch_size",
+            "train_batch_size",
+            "gradient_accumulation_steps",
+            "num_inner_epochs",
+            "save_every",
+            "grid_every",
+            "push_every",
+            "checkpoints_total_limit",
+        )
+        for name in positive:
+            if getattr(self, name) <= 0:
+                raise ValueError(f"--{_flag(name)} must be a positive integer, got {getattr(self, name)}.")
+        if self.scheduler not in ("ddim", "ddpm"):
+            raise ValueError(f"--scheduler must be 'ddim' or 'ddpm', got {self.scheduler!r}.")
+        if self.scheduler == "ddim" and not 0.0 < self.eta <= 1.0:
+            raise ValueError(f"--eta must be in (0, 1] for DDPO's stochastic DDIM rollouts, got {self.eta}.")
+        if not 0.0 < self.timestep_fraction <= 1.0:
+            raise ValueError(f"--timestep-fraction must be in (0, 1], got {self.timestep_fraction}.")
+        if self.mixed_precision not in ("no", "fp16", "bf16"):
+            raise ValueError(f"--mixed-precision must be 'no', 'fp16' or 'bf16', got {self.mixed_precision!r}.")
+        if self.learning_rate <= 0 or self.clip_range <= 0 or self.adv_clip_max <= 0:
+            raise ValueError("--learning-rate, --clip-range and --adv-clip-max must be positive.")
+        per_round = self.sample_batch_size * num_processes
+        if self.num_samples % per_round:
+            raise ValueError(
+                f"--num-samples ({self.num_samples}) must be a multiple of --sample-batch-size "
+                f"({self.sample_batch_size}) x processes ({num_processes}) = {per_round}."
+            )
+        if self.sample_batch_size % self.train_batch_size:
+            raise ValueError(
+                f"--train-batch-size ({self.train_batch_size}) must divide --sample-batch-size "
+                f"({self.sample_batch_size}): training re-scores the sampler's UNet batches exactly."
+            )
+        minibatches = self.num_samples // num_processes // self.train_batch_size
+        if minibatches % self.gradient_accumulation_steps:
+            raise ValueError(
+                f"--gradient-accumulation-steps ({self.gradient_accumulation_steps}) must divide the "
+                f"{minibatches} training minibatches of each process per epoch, so no gradient spills over."
+            )
+
+    def to_dict(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+    def save(self, run_dir: str | Path) -> Path:
+        """Write `ddpo_config.json` into the run folder."""
+        path = Path(run_dir) / CONFIG_FILENAME
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_text(json.dumps(self.to_dict(), indent=2) + "\n")
+        return path
+
+    @classmethod
+    def load(cls, run_dir: str | Path) -> DDPOConfig:
+        """Read the `ddpo_config.json` of a run folder."""
+        return cls(**json.loads((Path(run_dir) / CONFIG_FILENAME).read_text()))
+
+
+PRESETS: dict[str, dict[str, Any]] = {
+    # The embedded default: the bundled 32x32 texture DDPM, a full run in a few minutes on 2 CPU cores.
+    "tiny": dict(
+        base_model="tiny-textures-32",
+        output_dir="runs/tiny",
+        epochs=40,
+        num_steps=20,
+        eta=1.0,
+        num_samples=32,
+        sample_batch_size=32,
+        train_batch_size=32,
+        timestep_fraction=0.5,
+        learning_rate=3e-4,
+        clip_range=1e-4,
+        grid_every=10,
+        push_every=10,
+    ),
+    # google/ddpm-celebahq-256 as in the DDPO paper and alcazar90/ddpo-celebahq: DDIM 40 steps, eta 1.
+    "celebahq-256": dict(
+        base_model="google/ddpm-celebahq-256",
+        output_dir="runs/celebahq",
+        epochs=50,
+        num_steps=40,
+        eta=1.0,
+        num_samples=64,
+        sample_batch_size=8,
+        train_batch_size=4,
+        gradient_accumulation_steps=4,
+        timestep_fraction=0.5,
+        learning_rate=1e-5,
+        clip_range=1e-4,
+        adv_clip_max=5.0,
+        mixed_precision="bf16",
+        use_ema=False,
+        grid_every=5,
+        grid_size=16,
+        push_every=5,
+        eval_num_images=64,
+    ),
+}
+
+
+def _flag(name: str) -> str:
+    return name.replace("_", "-")
+
+
+def field_names() -> list[str]:
+    return [f.name for f in fields(DDPOConfig)]
+
+
+def field_docs() -> dict[str, str]:
+    """The attribute docstrings of `DDPOConfig`: the CLI help comes from the same text as the code docs."""
+    tree = ast.parse(textwrap.dedent(inspect.getsource(DDPOConfig)))
+    body = tree.body[0].body
+    docs = {}
+    for node, following in zip(body, body[1:], strict=False):
+        if (
+            isinstance(node, ast.AnnAssign)
+            and isinstance(following, ast.Expr)
+            and isinstance(following.value, ast.Constant)
+            and isinstance(following.value.value, str)
+        ):
+            docs[node.target.id] = " ".join(following.value.value.split())
+    return docs
+
+
+def read_config_file(path: str | Path) -> dict[str, Any]:
+    """Read a TOML or YAML config file into a dict of `DDPOConfig` fields (dashes or underscores)."""
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"Config file {str(path)!r} does not exist.")
+    if path.suffix == ".toml":
+        data = tomllib.loads(path.read_text())
+    elif path.suffix in (".yaml", ".yml"):
+        data = yaml.safe_load(path.read_text()) or {}
+    else:
+        raise ValueError(f"Config file {str(path)!r} must end in .toml, .yaml or .yml.")
+    data = {key.replace("-", "_"): value for key, value in data.items()}
+    unknown = sorted(set(data) - set(field_names()))
+    if unknown:
+        raise ValueError(f"Unknown setting(s) in {str(path)!r}: {', '.join(unknown)}.")
+    return data
+
+
+def resolve_config(
+    *, preset: str | None = None, config_file: str | Path | None = None, overrides: dict[str, Any] | None = None
+) -> DDPOConfig:
+    """Layer the preset, the config file and explicit overrides on top of the defaults."""
+    file_values = read_config_file(config_file) if config_file else {}
+    overrides = dict(overrides or {})
+    preset = overrides.pop("preset", None) or file_values.pop("preset", None) or preset
+    values: dict[str, Any] = {}
+    if preset is not None:
+        if preset not in PRESETS:
+            raise ValueError(f"Unknown preset {preset!r}; choose one of {', '.join(PRESETS)}.")
+        values.update(PRESETS[preset])
+    values.update(file_values)
+    values.update(overrides)
+    return DDPOConfig(preset=preset, **values)

@@ -1,0 +1,431 @@
+"""The DDPO-IS loop (Black et al. 2023, Alg. 1 with PPO clipping) on accelerate.
+
+Each epoch: sample trajectories with log-probabilities -> reward the final images -> normalise rewards
+into advantages over the whole (gathered) batch -> a few clipped policy-gradient passes over random
+timesteps of each trajectory -> save the pipeline, metrics and a resumable checkpoint.
+"""
+
+from __future__ import annotations
+
+import copy
+import logging
+import platform
+import time
+from concurrent.futures import Future, ThreadPoolExecutor
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+from accelerate import Accelerator
+from accelerate.utils import ProjectConfiguration, set_seed
+from diffusers import UNet2DModel
+from diffusers.training_utils import EMAModel
+from tqdm.auto import tqdm
+
+from training.advantages import RewardStatTracker, compute_advantages
+from training.checkpoints import (
+    TrainingProgress,
+    append_metrics,
+    grid_path,
+    image_grid,
+    resolve_resume,
+    save_pipeline,
+    truncate_metrics,
+    write_run_info,
+)
+from training.config import DDPOConfig
+from training.jpeg import jpeg_sizes
+from training.pipelines import fetch_pipeline_folder, load_unet_and_scheduler_config, resolve_model_path
+from training.rewards import RewardOutput, load_reward
+from training.sampling import Rollout, StochasticSampler
+
+logger = logging.getLogger(__name__)
+
+
+class TrainingDivergedError(RuntimeError):
+    """The loss became NaN or infinite; the weights of that step were not applied."""
+
+
+@dataclass
+class EpochSamples:
+    """One process's samples of an epoch, ready for the policy update."""
+
+    latents: torch.Tensor  # (N, S + 1, C, H, W)
+    log_probs: torch.Tensor  # (N, S)
+    advantages: torch.Tensor  # (N,)
+
+
+def _seed_for(*parts: int) -> int:
+    """A well-mixed seed for one purpose (epoch, process, batch...), independent of global RNG state.
+
+    Deriving every draw from the run seed and its position makes an interrupted-and-resumed run sample
+    exactly what an uninterrupted one samples.
+    """
+    return int(np.random.SeedSequence([int(part) for part in parts]).generate_state(1)[0])
+
+
+def _generator(*parts: int) -> torch.Generator:
+    return torch.Generator().manual_seed(_seed_for(*parts))
+
+
+NOISE, STEP_NOISE, SHUFFLE, GRID = range(4)
+
+
+class DDPOTrainer:
+    """Fine-tunes the UNet of a `DDPMPipeline` with DDPO so that a reward of its images goes up."""
+
+    def __init__(self, config: DDPOConfig, accelerator: Accelerator | None = None):
+        self.config = config
+        self.run_dir = Path(config.output_dir)
+        self.accelerator = accelerator or Accelerator(
+            mixed_precision=config.mixed_precision,
+            log_with="tensorboard",
+            project_config=ProjectConfiguration(
+                project_dir=str(self.run_dir),
+                logging_dir=str(self.run_dir / "logs"),
+                automatic_checkpoint_naming=True,
+                total_limit=config.checkpoints_total_limit,
+            ),
+        )
+        config.validate(self.accelerator.num_processes)
+        self.reward_fn = load_reward(config.reward)
+        with self.accelerator.main_process_first():
+            folder = fetch_pipeline_folder(config.base_model, revision=config.base_model_revision)
+            unet, self.scheduler_config = load_unet_and_scheduler_config(folder)
+        source = resolve_model_path(config.base_model)
+        config.base_model = source if not Path(source).exists() else str(Path(source).resolve())
+        self.sampler = StochasticSampler(
+            self.scheduler_config, kind=config.scheduler, num_steps=config.num_steps, eta=config.eta
+        )
+        trainable_steps = int(self.sampler.trainable.sum())
+        self.num_train_timesteps = max(1, int(config.timestep_fraction * trainable_steps))
+        self.accelerator.gradient_accumulation_steps = config.gradient_accumulation_steps * self.num_train_timesteps
+        self.unet, self.optimizer, self.ema = self._prepare_model(unet)
+        self.progress = TrainingProgress()
+        self.tracker = (
+            RewardStatTracker(config.stat_tracking_buffer_size, config.stat_tracking_min_count)
+            if config.stat_tracking
+            else None
+        )
+        self.accelerator.register_for_checkpointing(
+            *[obj for obj in (self.progress, self.tracker, self.ema) if obj is not None]
+        )
+        self.sample_shape = (unet.config.in_channels, *_spatial_size(unet))
+        self.pushed_epochs: set[int] = set()
+
+    # --- set-up -----------------------------------------------------------------------------------------
+
+    def _prepare_model(self, unet: UNet2DModel):
+        config = self.config
+        if config.use_lora:
+            from peft import LoraConfig, get_peft_model
+
+            unet.requires_grad_(False)
+            unet = get_peft_model(
+                unet,
+                LoraConfig(
+                    r=config.lora_rank,
+                    lora_alpha=config.lora_alpha,
+                    target_modules=config.lora_target_modules,
+                    init_lora_weights="gaussian",
+                ),
+            )
+        parameters = [parameter for parameter in unet.parameters() if parameter.requires_grad]
+        optimizer = torch.optim.AdamW(
+            parameters,
+            lr=config.learning_rate,
+            betas=(config.adam_beta1, config.adam_beta2),
+            weight_decay=config.adam_weight_decay,
+            eps=config.adam_epsilon,
+        )
+        ema = EMAModel(parameters, decay=config.ema_decay) if config.use_ema else None
+        unet, optimizer = self.accelerator.prepare(unet, optimizer)
+        if ema is not None:
+            ema.to(self.accelerator.device)
+        return unet, optimizer, ema
+
+    @property
+    def is_main(self) -> bool:
+        return self.accelerator.is_main_process
+
+    def _plain_unet(self) -> UNet2DModel:
+        """The model as users load it: EMA weights if kept, LoRA merged in, no DDP or peft wrappers."""
+        unet = self.accelerator.unwrap_model(self.unet)
+        if self.ema is None and not self.config.use_lora:
+            return unet
+        unet = copy.deepcopy(unet)
+        if self.ema is not None:
+            self.ema.copy_to([parameter for parameter in unet.parameters() if parameter.requires_grad])
+        if self.config.use_lora:
+            unet = unet.merge_and_unload()
+        return unet
+
+    # --- the loop --------------------------------------------------------------------------------------
+
+    def train(self) -> Path:
+        """Run (or resume) the configured epochs; returns the run folder."""
+        config, accelerator = self.config, self.accelerator
+        set_seed(config.seed, device_specific=True)
+        checkpoint = resolve_resume(self.run_dir, config.resume)
+        if checkpoint is not None:
+            accelerator.load_state(str(checkpoint))
+            logger.info("Resumed from %s (epoch %d).", checkpoint, self.progress.epoch)
+        if self.is_main:
+            self.run_dir.mkdir(parents=True, exist_ok=True)
+            config.save(self.run_dir)
+            truncate_metrics(self.run_dir, self.progress.epoch)
+            if not grid_path(self.run_dir, 0).exists():
+                self._save_grid(0)
+        accelerator.init_trackers("ddpo", config=_scalar_items(config.to_dict()))
+        logger.info(
+            "Training %s for %d epochs: %d samples/epoch, %d-step %s rollouts, %d of %d steps trained "
+            "(the final step is deterministic and excluded: %s).",
+            config.base_model,
+            config.epochs,
+            config.num_samples,
+            config.num_steps,
+            config.scheduler,
+            self.num_train_timesteps,
+            int(self.sampler.trainable.sum()),
+            not bool(self.sampler.trainable[-1]),
+        )
+        with ThreadPoolExecutor(max_workers=2) as reward_pool:
+            for epoch in range(self.progress.epoch + 1, config.epochs + 1):
+                self._run_epoch(epoch, reward_pool)
+        accelerator.wait_for_everyone()
+        accelerator.end_training()
+        return self.run_dir
+
+    def _run_epoch(self, epoch: int, reward_pool: ThreadPoolExecutor) -> None:
+        config, accelerator = self.config, self.accelerator
+        started = time.perf_counter()
+        samples, rewards, jpeg_bytes, seconds_sampling, seconds_reward = self._sample_epoch(epoch, reward_pool)
+
+        gathered_rewards = accelerator.gather(torch.as_tensor(rewards, device=accelerator.device)).cpu().numpy()
+        gathered_bytes = accelerator.gather(torch.as_tensor(jpeg_bytes, device=accelerator.device)).cpu().numpy()
+        advantages = compute_advantages(gathered_rewards, config.adv_clip_max, self.tracker)
+        local = slice(accelerator.process_index * len(rewards), (accelerator.process_index + 1) * len(rewards))
+        samples.advantages = torch.as_tensor(advantages[local], dtype=torch.float32)
+
+        training_started = time.perf_counter()
+        stats = self._train_epoch(epoch, samples)
+        seconds_training = time.perf_counter() - training_started
+
+        self.progress.epoch = epoch
+        self.progress.wall_time_seconds += time.perf_counter() - started
+        row = {
+            "epoch": epoch,
+            "global_step": self.progress.global_step,
+            "reward_mean": float(gathered_rewards.mean()),
+            "reward_std": float(gathered_rewards.std()),
+            "jpeg_kb_mean": float(gathered_bytes.mean() / 1000),
+            "jpeg_bytes_mean": float(gathered_bytes.mean()),
+            **stats,
+            "seconds": round(time.perf_counter() - started, 3),
+            "seconds_sampling": round(seconds_sampling, 3),
+            "seconds_reward": round(seconds_reward, 3),
+            "seconds_training": round(seconds_training, 3),
+        }
+        accelerator.log(row, step=epoch)
+        if self.is_main:
+            append_metrics(self.run_dir, row)
+            tqdm.write(
+                f"epoch {epoch}/{config.epochs}: reward {row['reward_mean']:.4f} ± {row['reward_std']:.4f}, "
+                f"JPEG {row['jpeg_kb_mean']:.3f} kB, kl {row['approx_kl']:.2e}, clipfrac {row['clipfrac']:.3f}, "
+                f"{row['seconds']:.1f}s (sample {seconds_sampling:.1f}, train {seconds_training:.1f})"
+            )
+        if epoch % config.save_every == 0 or epoch == config.epochs:
+            self._save(epoch)
+
+    # --- sampling and rewards -----------------------------------------------------------------------
+
+    def _sample_epoch(self, epoch: int, reward_pool: ThreadPoolExecutor):
+        """Roll out this process's share of the epoch; rewards are computed while the next batch samples."""
+        config, accelerator = self.config, self.accelerator
+        rank = accelerator.process_index
+        num_batches = config.num_samples // (config.sample_batch_size * accelerator.num_processes)
+        unet = accelerator.unwrap_model(self.unet)
+        unet.eval()
+        rollouts: list[Rollout] = []
+        pending: list[Future[RewardOutput]] = []
+        started = time.perf_counter()
+        for batch in tqdm(range(num_batches), desc=f"epoch {epoch} sampling", disable=not self.is_main, leave=False):
+            noise_generator = _generator(config.seed, NOISE, epoch, rank, batch)
+            noise = torch.randn((config.sample_batch_size, *self.sample_shape), generator=noise_generator)
+            noise = noise.to(accelerator.device)
+            rollout = self.sampler.rollout(
+                unet,
+                noise,
+                generator=_generator(config.seed, STEP_NOISE, epoch, rank, batch),
+                autocast=accelerator.autocast,
+                forward_batch_size=config.train_batch_size,
+            )
+            rollouts.append(rollout)
+            pending.append(reward_pool.submit(self.reward_fn, rollout.images.cpu()))
+        seconds_sampling = time.perf_counter() - started
+        waited = time.perf_counter()
+        outputs = [future.result() for future in pending]
+        seconds_reward = time.perf_counter() - waited
+        rewards = np.concatenate([values for values, _ in outputs])
+        jpeg_bytes = np.concatenate(
+            [
+                info["jpeg_bytes"] if "jpeg_bytes" in info else _jpeg_bytes(rollout)
+                for (_, info), rollout in zip(outputs, rollouts, strict=True)
+            ]
+        )
+        samples = EpochSamples(
+            latents=torch.cat([rollout.latents for rollout in rollouts]),
+            log_probs=torch.cat([rollout.log_probs for rollout in rollouts]),
+            advantages=torch.empty(0),
+        )
+        return samples, rewards, jpeg_bytes, seconds_sampling, seconds_reward
+
+    # --- the policy update ----------------------------------------------------------------------------
+
+    def _train_epoch(self, epoch: int, samples: EpochSamples) -> dict[str, float]:
+        config, accelerator = self.config, self.accelerator
+        rank = accelerator.process_index
+        trainable = torch.nonzero(self.sampler.trainable).squeeze(1)
+        num_samples = samples.latents.shape[0]
+        num_minibatches = num_samples // config.train_batch_size
+        totals = {"loss": 0.0, "approx_kl": 0.0, "clipfrac": 0.0}
+        count = 0
+        self.unet.train()
+        bar = tqdm(
+            total=config.num_inner_epochs * num_minibatches * self.num_train_timesteps,
+            desc=f"epoch {epoch} training",
+            disable=not self.is_main,
+            leave=False,
+        )
+        for inner in range(config.num_inner_epochs):
+            # Minibatches keep the rows the sampler fed the UNet together, in the same positions, so an
+            # unchanged model re-scores them exactly; their order and each sample's timesteps are shuffled.
+            generator = _generator(config.seed, SHUFFLE, epoch, rank, inner)
+            minibatch_order = torch.randperm(num_minibatches, generator=generator)
+            step_order = torch.stack(
+                [trainable[torch.randperm(len(trainable), generator=generator)] for _ in range(num_samples)]
+            )[:, : self.num_train_timesteps]
+            for minibatch in minibatch_order.tolist():
+                rows = torch.arange(minibatch * config.train_batch_size, (minibatch + 1) * config.train_batch_size)
+                for column in range(self.num_train_timesteps):
+                    step_index = step_order[rows, column]
+                    stats = self._train_step(samples, rows, step_index, epoch)
+                    for key, value in stats.items():
+                        totals[key] += value
+                    count += 1
+                    bar.update()
+        bar.close()
+        return {key: value / max(count, 1) for key, value in totals.items()}
+
+    def _train_step(
+        self, samples: EpochSamples, rows: torch.Tensor, step_index: torch.Tensor, epoch: int
+    ) -> dict[str, float]:
+        """One PPO-clipped policy-gradient step on one timestep of a minibatch of trajectories."""
+        config, accelerator = self.config, self.accelerator
+        device = accelerator.device
+        sample = samples.latents[rows, step_index].to(device)
+        next_sample = samples.latents[rows, step_index + 1].to(device)
+        old_log_prob = samples.log_probs[rows, step_index].to(device)
+        advantages = samples.advantages[rows].to(device)
+        with accelerator.accumulate(self.unet):
+            log_prob = self.sampler.score_step(self.unet, sample, step_index, next_sample, accelerator.autocast)
+            ratio = torch.exp(log_prob - old_log_prob)
+            unclipped = -advantages * ratio
+            clipped = -advantages * torch.clamp(ratio, 1.0 - config.clip_range, 1.0 + config.clip_range)
+            loss = torch.maximum(unclipped, clipped).mean()
+            self._check_finite(loss, epoch)
+            accelerator.backward(loss)
+            if accelerator.sync_gradients:
+                accelerator.clip_grad_norm_(self.unet.parameters(), config.max_grad_norm)
+            self.optimizer.step()
+            self.optimizer.zero_grad()
+        if accelerator.sync_gradients:
+            self.progress.global_step += 1
+            if self.ema is not None:
+                self.ema.step([parameter for parameter in self.unet.parameters() if parameter.requires_grad])
+        with torch.no_grad():
+            return {
+                "loss": loss.item(),
+                "approx_kl": (0.5 * (log_prob - old_log_prob) ** 2).mean().item(),
+                "clipfrac": (torch.abs(ratio - 1.0) > config.clip_range).float().mean().item(),
+            }
+
+    def _check_finite(self, loss: torch.Tensor, epoch: int) -> None:
+        """Stop before a NaN/inf loss reaches the weights; every process stops together."""
+        bad = torch.tensor(0.0 if torch.isfinite(loss).item() else 1.0, device=self.accelerator.device)
+        if self.accelerator.num_processes > 1:
+            bad = self.accelerator.reduce(bad, reduction="sum")
+        if bad.item() > 0:
+            last = self.progress.epoch
+            where = f"checkpoint_{last} in {self.run_dir / 'checkpoints'}" if last else "none: no epoch completed"
+            raise TrainingDivergedError(
+                f"The DDPO loss became {loss.item()} during epoch {epoch}; training stopped before applying it. "
+                f"The last good checkpoint is {where} (the run folder's pipeline is from epoch {last}). "
+                "Resume with --resume latest and a lower --learning-rate or --mixed-precision no."
+            )
+
+    # --- outputs -----------------------------------------------------------------------------------------
+
+    @torch.no_grad()
+    def _save_grid(self, epoch: int) -> None:
+        """Sample the fixed-seed grid (same noise every time), so grids of different epochs pair up."""
+        config = self.config
+        unet = self._plain_unet()
+        unet.eval()
+        noise = torch.randn((config.grid_size, *self.sample_shape), generator=_generator(config.seed, GRID, 0))
+        rollout = self.sampler.rollout(
+            unet,
+            noise.to(self.accelerator.device),
+            generator=_generator(config.seed, GRID, 1),
+            autocast=self.accelerator.autocast,
+        )
+        path = grid_path(self.run_dir, epoch)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        image_grid(rollout.images).save(path)
+
+    def _save(self, epoch: int) -> None:
+        """Pipeline, grid and run facts first, then the checkpoint that marks the epoch complete."""
+        config, accelerator = self.config, self.accelerator
+        accelerator.wait_for_everyone()
+        if self.is_main:
+            save_pipeline(self._plain_unet(), self.scheduler_config, self.run_dir)
+            if epoch % config.grid_every == 0 or epoch == config.epochs:
+                self._save_grid(epoch)
+            write_run_info(self.run_dir, hardware=self._hardware(), progress=self.progress)
+        accelerator.project_configuration.iteration = epoch
+        accelerator.save_state()
+
+    def _hardware(self) -> dict:
+        device = self.accelerator.device
+        name = torch.cuda.get_device_name(device) if device.type == "cuda" else f"{device.type} ({_cpu_name()})"
+        return {
+            "device": name,
+            "num_processes": self.accelerator.num_processes,
+            "mixed_precision": self.config.mixed_precision,
+            "torch_threads": torch.get_num_threads(),
+        }
+
+
+def _spatial_size(unet: UNet2DModel) -> tuple[int, int]:
+    size = unet.config.sample_size
+    return (size, size) if isinstance(size, int) else tuple(size)
+
+
+def _jpeg_bytes(rollout: Rollout) -> np.ndarray:
+    return np.asarray(jpeg_sizes(rollout.images), dtype=np.int64)
+
+
+def _cpu_name() -> str:
+    return platform.processor() or platform.machine()
+
+
+def _scalar_items(values: dict) -> dict:
+    """TensorBoard hparams accept scalars and strings only."""
+    return {key: value if isinstance(value, (int, float, str, bool)) else str(value) for key, value in values.items()}
+
+
+def train(config: DDPOConfig) -> Path:
+    """Fine-tune with DDPO as configured; returns the run folder."""
+    return DDPOTrainer(config).train()
+
