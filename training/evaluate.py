@@ -19,19 +19,27 @@ from pathlib import Path
 
 import diffusers
 import torch
-from huggingface_hub import ModelCard, hf_hub_download
-from huggingface_hub.errors import EntryNotFoundError, HfHubHTTPError
+from huggingface_hub.errors import HfHubHTTPError
 from PIL import Image
 from tqdm.auto import tqdm
 
 from training import jpeg
-from training.pipelines import ModelLoadError, build_pipeline, load_unet_and_scheduler_config, scheduler_choice
+from training.hub import scrub_token
+from training.pipelines import (
+    ModelLoadError,
+    build_pipeline,
+    load_unet_and_scheduler_config,
+    read_base_model,
+    scheduler_choice,
+)
 
 logger = logging.getLogger(__name__)
 
 SCHEMA_VERSION = 1
 EVAL_RESULTS_NAME = "eval_results.json"
 GRID_DIR_NAME = "eval_images"
+MIN_STEPS = {"pndm": 4}
+"""PNDM's Runge-Kutta warm-up needs 4 timesteps; fewer crash inside `PNDMScheduler.set_timesteps`."""
 GRID_COLUMNS = 8
 """Seeds shown in each per-scheduler before/after grid (the first ones)."""
 
@@ -58,18 +66,21 @@ def parse_num_inference_steps(text: str | None, schedulers: Sequence[str]) -> di
 
 
 def _resolve_steps(schedulers: Sequence[str], num_inference_steps: dict[str, int] | None) -> dict[str, int]:
-    """Steps per scheduler key (lower-case name): the given value or the scheduler's default, range-checked."""
-    given = {name.lower(): steps for name, steps in (num_inference_steps or {}).items()}
-    keys = [name.lower() for name in schedulers]
-    unknown = set(given) - set(keys)
-    if unknown:
-        raise ValueError(f"Steps given for schedulers that are not evaluated: {', '.join(sorted(unknown))}.")
+    """Steps per evaluated scheduler (lower-case key): the given value or the default, range-checked.
+
+    Steps for schedulers that are not evaluated are ignored (one `--num-inference-steps` for any
+    `--schedulers`), but unknown scheduler names are errors.
+    """
+    given = {}
+    for name, steps in (num_inference_steps or {}).items():
+        scheduler_choice(name)  # an unknown name is an error, not silently ignored
+        given[name.lower()] = steps
     resolved = {}
-    for key in keys:
+    for key in (name.lower() for name in schedulers):
         choice = scheduler_choice(key)
-        steps = given.get(key, choice.default_steps)
-        if not 1 <= steps <= choice.max_steps:
-            raise ValueError(f"{key} needs between 1 and {choice.max_steps} inference steps, got {steps}.")
+        steps, low = given.get(key, choice.default_steps), MIN_STEPS.get(key, 1)
+        if not low <= steps <= choice.max_steps:
+            raise ValueError(f"{key} needs between {low} and {choice.max_steps} inference steps, got {steps}.")
         resolved[key] = steps
     return resolved
 
@@ -292,25 +303,12 @@ def evaluate(
 
 def default_base_model(model: str, *, revision: str | None = None) -> str | None:
     """The base a model was fine-tuned from: its run folder's `ddpo_config.json`, else its card's `base_model`."""
-    path = Path(model)
-    if path.is_dir():
-        config_path = path / "ddpo_config.json"
-        if config_path.is_file():
-            base = json.loads(config_path.read_text()).get("base_model")
-            if base:
-                return str(base)
-        card_path = path / "README.md"
-    else:
-        try:
-            card_path = Path(hf_hub_download(model, "README.md", revision=revision))
-        except (EntryNotFoundError, HfHubHTTPError, OSError, ValueError):
-            return None
-    if not card_path.is_file():
-        return None
-    base = ModelCard.load(card_path, ignore_metadata_errors=True).data.get("base_model")
-    if isinstance(base, list):
-        base = base[0] if base else None
-    return base
+    config_path = Path(model) / "ddpo_config.json"
+    if config_path.is_file():
+        base = json.loads(config_path.read_text()).get("base_model")
+        if base:
+            return str(base)
+    return read_base_model(model, revision=revision)
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -385,8 +383,6 @@ def main(argv: Sequence[str] | None = None) -> int:
         try:
             url = push_eval_dataset(results, samples, args.push_dataset, private=args.dataset_private)
         except (HfHubHTTPError, OSError) as error:
-            from training.hub import scrub_token
-
             print(
                 f"ddpo-eval: error: pushing the dataset {args.push_dataset!r} failed: {scrub_token(str(error))}",
                 file=sys.stderr,
