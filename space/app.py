@@ -181,13 +181,16 @@ def build_demo(
     device = device or torch.device("cuda" if torch.cuda.is_available() else "cpu")
     cache = ModelCache(cache_size, device)
 
-    def load(model: str, revision: str | None) -> LoadedModel:
+    def check_model(model: str, revision: str | None) -> None:
+        """Refuse models the operator did not allow and folders on the server (bar the default model)."""
         if allowed and model not in allowed:
             raise gr.Error(f"This Space only serves these models: {', '.join(sorted(allowed))}.")
         if model != default_model and is_local_path(model):
             raise gr.Error("Enter a Hub model id such as 'user/model'; server folders are not served.")
         if revision and Path(resolve_model_path(model)).is_dir():
             raise gr.Error(f"{model} is a folder on the server: revisions only apply to Hub repos.")
+
+    def load(model: str, revision: str | None) -> LoadedModel:
         try:
             return cache.get(model, revision)
         except ModelLoadError as error:
@@ -210,6 +213,7 @@ def build_demo(
         seeds = list(range(seed, seed + num_images))
         label = f"{model_id}@{revision}" if revision else model_id
 
+        check_model(model_id, revision)
         progress(0, desc=f"Loading {label}")
         model = load(model_id, revision)
         base = None

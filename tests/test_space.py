@@ -44,6 +44,8 @@ CHROMIUM_ARGS = [
     "--disable-sync",
     "--no-first-run",
 ]
+DEVICE = torch.device("cuda" if torch.cuda.is_available() else "cpu")
+"""Where the app and the reference sampling run: the same device, so their images are identical."""
 FEW_STEPS = {"DDPM": 3, "DDIM": 3, "PNDM": 4}
 """Enough to exercise each scheduler; PNDM needs 4."""
 
@@ -90,7 +92,7 @@ def space_url(models):
     """The demo serving the fine-tuned model, launched in this process so images can be regenerated identically."""
     with pytest.MonkeyPatch.context() as env:
         env.setenv("GRADIO_ANALYTICS_ENABLED", "False")
-        demo = build_demo(models.finetuned)
+        demo = build_demo(models.finetuned, device=DEVICE)
         demo.launch(server_name="127.0.0.1", server_port=free_port(), prevent_thread_lock=True, quiet=True)
     try:
         yield demo.local_url
@@ -106,7 +108,7 @@ def client(space_url, tmp_path) -> Client:
 def expected_images(model_id: str, scheduler: str, steps: int, seeds: list[int], revision=None) -> list[Image.Image]:
     """The images the Space should serve, sampled here with the shared pipeline code: image i from seed i."""
     unet, scheduler_config = load_unet_and_scheduler_config(model_id, revision=revision)
-    pipeline = build_pipeline(unet, scheduler_config, scheduler)
+    pipeline = build_pipeline(unet.to(DEVICE), scheduler_config, scheduler)
     generators = [torch.Generator().manual_seed(seed) for seed in seeds]
     return pipeline(batch_size=len(seeds), num_inference_steps=steps, generator=generators).images
 
@@ -229,12 +231,15 @@ def test_simultaneous_requests_all_complete(client, models):
 def test_allow_list_and_a_local_default_model(models, tiny_pipeline_dir, tmp_path):
     with pytest.MonkeyPatch.context() as env:
         env.setenv("GRADIO_ANALYTICS_ENABLED", "False")
-        demo = build_demo(tiny_pipeline_dir, allowed_models=[models.finetuned])
+        demo = build_demo(tiny_pipeline_dir, allowed_models=[models.finetuned], device=DEVICE)
         demo.launch(server_name="127.0.0.1", server_port=free_port(), prevent_thread_lock=True, quiet=True)
     try:
         client = Client(demo.local_url, download_files=str(tmp_path), verbose=False)
         with pytest.raises(AppError, match="This Space only serves these models"):
             client.predict(model_id=models.base, api_name="/generate")
+        allowed = dict(model_id=models.finetuned, scheduler="DDIM", num_inference_steps=2, num_images=1, seed=1)
+        _, table, _ = client.predict(**allowed, api_name="/generate")
+        assert [row[0] for row in table["data"]] == [models.finetuned, models.base]  # the base comes with it
         result = client.predict(scheduler="DDIM", num_inference_steps=2, num_images=1, seed=1, api_name="/generate")
         expected = {tiny_pipeline_dir: expected_images(tiny_pipeline_dir, "DDIM", 2, [1])}
         check_served_jpegs(result, expected, "DDIM", [1])
@@ -332,9 +337,12 @@ def test_browser_generates_and_shows_byte_captions(space_url, models):
             captions = page.locator("#gallery .caption-label")
             expect(captions).to_have_count(4, timeout=60_000)
             texts = captions.all_inner_texts()
+            sources = [image.get_attribute("src") for image in page.locator("#gallery img").all()]
+            served = [len(page.request.get(source).body()) for source in sources]
             ARTIFACTS.mkdir(exist_ok=True)
             page.screenshot(path=str(ARTIFACTS / "space.png"), full_page=True)
         finally:
             browser.close()
     assert all(re.search(r"seed \d+ · [\d,]+ bytes \(\d+\.\d kB\)", text) for text in texts), texts
     assert [text.split(" · ")[0] for text in texts] == [models.finetuned, models.base] * 2
+    assert served == [caption_bytes(text) for text in texts]  # the browser gets the measured files
