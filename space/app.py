@@ -26,6 +26,7 @@ from PIL import Image
 
 from training.jpeg import encode_jpeg
 from training.pipelines import (
+    SCHEDULERS,
     TINY_BASE_MODEL,
     ModelLoadError,
     build_pipeline,
@@ -50,11 +51,13 @@ class StepRange:
 
 
 STEP_RANGES: dict[str, StepRange] = {
-    # The 1000 training steps take minutes on a CPU Space; 100 DDPM steps already give recognisable images.
-    "DDPM": StepRange(minimum=1, default=100, maximum=1000),
-    "DDIM": StepRange(minimum=1, default=50, maximum=250),
-    # PNDM starts with 4 Runge-Kutta steps; diffusers' PNDMScheduler crashes with fewer.
-    "PNDM": StepRange(minimum=4, default=50, maximum=250),
+    name: StepRange(minimum=SCHEDULERS[name].min_steps, default=default, maximum=maximum)
+    for name, (default, maximum) in {
+        # The 1000 training steps take minutes on a CPU Space; 100 DDPM steps already give recognisable images.
+        "DDPM": (100, 1000),
+        "DDIM": (50, 250),
+        "PNDM": (50, 250),
+    }.items()
 }
 DEFAULT_SCHEDULER = "DDIM"
 MAX_IMAGES = 8

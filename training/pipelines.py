@@ -42,12 +42,15 @@ class SchedulerChoice:
     pipeline_class: type[DiffusionPipeline]
     default_steps: int
     max_steps: int = 1000
+    min_steps: int = 1
+    """Fewest inference steps the scheduler runs with."""
 
 
 SCHEDULERS: dict[str, SchedulerChoice] = {
     "DDPM": SchedulerChoice(DDPMScheduler, DDPMPipeline, default_steps=1000),
     "DDIM": SchedulerChoice(DDIMScheduler, DDIMPipeline, default_steps=50),
-    "PNDM": SchedulerChoice(PNDMScheduler, PNDMPipeline, default_steps=50),
+    # PNDM's Runge-Kutta warm-up needs 4 timesteps; fewer crash inside `PNDMScheduler.set_timesteps`.
+    "PNDM": SchedulerChoice(PNDMScheduler, PNDMPipeline, default_steps=50, min_steps=4),
 }
 
 BUNDLED_MODELS_DIR = Path(__file__).parent / "base_models"
