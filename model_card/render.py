@@ -23,7 +23,7 @@ from PIL import Image
 
 from model_card import figures
 from training import jpeg
-from training.pipelines import SCHEDULERS, resolve_model_path
+from training.pipelines import SCHEDULERS
 
 TEMPLATE_PATH = Path(__file__).with_name("template.md")
 DEFAULT_LICENSE = "apache-2.0"
@@ -138,8 +138,11 @@ def load_eval_results(run_dir: Path) -> dict | None:
 
 
 def hub_model_id(value: str | None) -> str | None:
-    """`value` if it names a Hub model; None for local folders and bundled models (not valid `base_model`)."""
-    if not value or os.path.isabs(value) or Path(value).exists() or resolve_model_path(value) != value:
+    """`value` if it names a Hub model (`namespace/name`); None for local folders and bundled models.
+
+    Only such ids are valid `base_model` metadata; a bare name is one of the project's bundled models.
+    """
+    if not value or "/" not in value or os.path.isabs(value) or Path(value).exists():
         return None
     try:
         validate_repo_id(value)

@@ -150,7 +150,7 @@ def test_cli_writes_json_and_grids_into_the_run_folder(tiny_pipeline_dir, tmp_pa
         grid = results["schedulers"][key]["grid"]
         assert grid["rows"] == ["base", "model"] and grid["seeds"] == [0, 1]
         with Image.open(run / grid["path"]) as image:
-            assert image.size == (2 * 16, 2 * 16)
+            assert image.size == (2 * 16 + 2, 2 * 16 + 2)  # 2 seeds x (base, model), 2-pixel gaps
     assert "DDIM (2 steps): mean JPEG" in capsys.readouterr().out
 
 

@@ -117,14 +117,14 @@ def generate(
     return images
 
 
-def _pair_grid(rows: Sequence[Sequence[Image.Image]]) -> Image.Image:
-    """Paste rows of equally sized images into one picture (row 0 = base, row 1 = fine-tuned)."""
+def _pair_grid(rows: Sequence[Sequence[Image.Image]], gap: int = 2) -> Image.Image:
+    """Paste rows of equally sized images, `gap` white pixels apart (row 0 = base, row 1 = fine-tuned)."""
     width, height = rows[0][0].size
     columns = max(len(row) for row in rows)
-    grid = Image.new("RGB", (columns * width, len(rows) * height), "white")
+    grid = Image.new("RGB", (columns * (width + gap) - gap, len(rows) * (height + gap) - gap), "white")
     for r, row in enumerate(rows):
         for c, image in enumerate(row):
-            grid.paste(image.convert("RGB"), (c * width, r * height))
+            grid.paste(image.convert("RGB"), (c * (width + gap), r * (height + gap)))
     return grid
 
 
