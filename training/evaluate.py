@@ -38,8 +38,6 @@ logger = logging.getLogger(__name__)
 SCHEMA_VERSION = 1
 EVAL_RESULTS_NAME = "eval_results.json"
 GRID_DIR_NAME = "eval_images"
-MIN_STEPS = {"pndm": 4}
-"""PNDM's Runge-Kutta warm-up needs 4 timesteps; fewer crash inside `PNDMScheduler.set_timesteps`."""
 GRID_COLUMNS = 8
 """Seeds shown in each per-scheduler before/after grid (the first ones)."""
 
@@ -78,9 +76,11 @@ def _resolve_steps(schedulers: Sequence[str], num_inference_steps: dict[str, int
     resolved = {}
     for key in (name.lower() for name in schedulers):
         choice = scheduler_choice(key)
-        steps, low = given.get(key, choice.default_steps), MIN_STEPS.get(key, 1)
-        if not low <= steps <= choice.max_steps:
-            raise ValueError(f"{key} needs between {low} and {choice.max_steps} inference steps, got {steps}.")
+        steps = given.get(key, choice.default_steps)
+        if not choice.min_steps <= steps <= choice.max_steps:
+            raise ValueError(
+                f"{key} needs between {choice.min_steps} and {choice.max_steps} inference steps, got {steps}."
+            )
         resolved[key] = steps
     return resolved
 
