@@ -3,7 +3,27 @@
 Every image i is generated from its own CPU generator seeded `seed + i`, for the fine-tuned model and for
 its base alike, so image i of both models starts from the same noise (whatever the batch size or device)
 and the two sets pair up picture by picture. Bytes are measured with `training.jpeg`, the function the
-reward uses. The JSON written here is what the model card's results table and model-index are built from.
+reward uses. The JSON written here is what the model card's results table and model-index are built from:
+
+    {
+      "schema_version": 1,
+      "model": "runs/celebahq", "model_revision": null, "base": "google/ddpm-celebahq-256" | null,
+      "num_images": 64, "seed": 0, "seeds": [0, ..., 63],
+      "jpeg": {"quality": 95, "subsampling": "4:2:0"},
+      "device": "cuda", "versions": {"torch": ..., "diffusers": ..., "python": ...},
+      "schedulers": {
+        "ddim": {
+          "name": "DDIM", "num_inference_steps": 50,
+          "model": {"mean": 8412.3, "median": 8390.0, "std": 512.1, "min": 7001, "max": 9950,
+                    "jpeg_bytes": [8123, ...]},          # per image, in seed order
+          "base": {...same keys...},                     # absent when evaluated without a base
+          "mean_change": -0.37,                          # model mean / base mean - 1 (with a base only)
+          "grid": {"path": "eval_images/ddim.png", "rows": ["base", "model"], "seeds": [0, ..., 7]}
+        },                                               # "grid" is relative to the JSON's folder
+        "ddpm": {...}, "pndm": {...}
+      },
+      "image_size": 256
+    }
 """
 
 from __future__ import annotations
@@ -283,7 +303,7 @@ def evaluate(
 ) -> dict:
     """JPEG byte statistics of `num_images` fixed-seed samples of `model` (and `base`), per scheduler.
 
-    Returns the evaluation JSON (see the module docstring and the README for the schema). `base=None`
+    Returns the evaluation JSON (schema in the module docstring; no "grid" entries). `base=None`
     evaluates the model alone. Raises `ModelLoadError` for a model that cannot be loaded and
     `ValueError` for a bad scheduler name, step count or image count.
     """
