@@ -193,12 +193,6 @@ def build_demo(
         if revision and Path(resolve_model_path(model)).is_dir():
             raise gr.Error(f"{model} is a folder on the server: revisions only apply to Hub repos.")
 
-    def load(model: str, revision: str | None) -> LoadedModel:
-        try:
-            return cache.get(model, revision)
-        except ModelLoadError as error:
-            raise gr.Error(str(error)) from error
-
     def generate(
         model_id: str,
         scheduler: str,
@@ -218,11 +212,20 @@ def build_demo(
 
         check_model(model_id, revision)
         progress(0, desc=f"Loading {label}")
-        model = load(model_id, revision)
+        try:
+            model = cache.get(model_id, revision)
+        except ModelLoadError as error:
+            raise gr.Error(str(error)) from error
         base = None
         if compare_with_base and model.base_model:
             progress(0, desc=f"Loading base model {model.base_model}")
-            base = load(model.base_model, None)
+            try:
+                base = cache.get(model.base_model)
+            except ModelLoadError as error:
+                raise gr.Error(
+                    f"{error} It is the base model named in the card of {label}: "
+                    "untick 'Compare with base model' to sample that model alone."
+                ) from error
         runs = [(label, model)] + ([(model.base_model, base)] if base else [])
 
         results = []  # (model label, [(path, bytes) per seed])

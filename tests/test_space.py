@@ -55,6 +55,8 @@ class Models:
     base: str
     finetuned: str
     not_a_pipeline: str
+    orphan: str
+    """A pipeline whose card names a base model that does not exist."""
 
 
 def free_port() -> int:
@@ -65,13 +67,16 @@ def free_port() -> int:
 
 @pytest.fixture(scope="module")
 def models(hub_server, tmp_path_factory) -> Models:
-    """Base and fine-tuned tiny pipelines on the test Hub; the fine-tuned one also has an `epoch-1` tag."""
+    """Tiny pipelines on the test Hub: a base, a fine-tuned one naming it (tagged `epoch-1`), an orphan; a card."""
     api = HfApi(endpoint=hub_server.endpoint, token=hub_server.token)
-    names = Models(*(hub_server.unique_repo_id(name) for name in ("tiny-base", "tiny-ddpo", "not-a-pipeline")))
-    for repo_id, weights_seed in ((names.base, 0), (names.finetuned, 1)):
+    names = Models(
+        *(hub_server.unique_repo_id(name) for name in ("tiny-base", "tiny-ddpo", "not-a-pipeline", "orphan"))
+    )
+    bases = {names.base: None, names.finetuned: names.base, names.orphan: f"{names.base}-deleted"}
+    for weights_seed, (repo_id, base_model) in enumerate(bases.items()):
         folder = tmp_path_factory.mktemp("pipeline")
         make_tiny_pipeline(weights_seed).save_pretrained(folder)
-        card_data = ModelCardData(base_model=names.base) if repo_id == names.finetuned else ModelCardData()
+        card_data = ModelCardData(base_model=base_model)
         ModelCard.from_template(card_data, template_str="---\n{{ card_data }}\n---\n# Tiny test model\n").save(
             folder / "README.md"
         )
@@ -80,7 +85,7 @@ def models(hub_server, tmp_path_factory) -> Models:
     api.create_tag(names.finetuned, tag="epoch-1")
     # main moves on after the tag, so serving the tag must give other images than serving main.
     folder = tmp_path_factory.mktemp("pipeline")
-    make_tiny_pipeline(2).save_pretrained(folder)
+    make_tiny_pipeline(len(bases)).save_pretrained(folder)
     api.upload_folder(repo_id=names.finetuned, folder_path=folder, allow_patterns=["unet/*"])
     api.create_repo(names.not_a_pipeline)
     api.upload_file(repo_id=names.not_a_pipeline, path_in_repo="README.md", path_or_fileobj=b"# Just a card\n")
@@ -199,6 +204,7 @@ def test_bad_inputs_are_refused_and_the_app_keeps_serving(client, models):
         (dict(model_id=models.not_a_pipeline), "is not a diffusers pipeline"),
         (dict(revision="epoch-99"), "has no revision 'epoch-99'"),
         (dict(model_id=str(REPO_ROOT)), "server folders are not served"),
+        (dict(model_id=models.orphan), "untick 'Compare with base model'"),
     ]
     for change, message in bad_requests:
         with pytest.raises(AppError, match=re.escape(message)):
