@@ -147,8 +147,12 @@ def is_local_path(model_id: str) -> bool:
     return model_id.startswith(("/", ".", "~", "\\")) or Path(model_id).exists()
 
 
-def size_caption(label: str, seed: int, num_bytes: int) -> str:
-    return f"{label} · seed {seed} · {num_bytes:,} bytes ({num_bytes / 1000:.1f} kB)"
+def size_caption(role: str | None, seed: int, num_bytes: int) -> str:
+    """`base: 4,321 bytes (4.3 kB)` when two models are compared (the table has the seeds), else `seed 3: ...`.
+
+    Short, because the gallery cuts captions at the width of a thumbnail.
+    """
+    return f"{role or f'seed {seed}'}: {num_bytes:,} bytes ({num_bytes / 1000:.1f} kB)"
 
 
 def summarize(model_id: str, sizes: Sequence[int], base_model: str | None, base_sizes: Sequence[int]) -> str:
@@ -226,23 +230,24 @@ def build_demo(
                     f"{error} It is the base model named in the card of {label}: "
                     "untick 'Compare with base model' to sample that model alone."
                 ) from error
-        runs = [(label, model)] + ([(model.base_model, base)] if base else [])
+        # (table label, caption role, model) per model sampled
+        runs = [(label, "fine-tuned", model), (model.base_model, "base", base)] if base else [(label, None, model)]
 
-        results = []  # (model label, [(path, bytes) per seed])
-        for run_label, run_model in runs:
+        results = []  # (table label, caption role, [(path, bytes) per seed])
+        for run_label, role, run_model in runs:
             images = sample_images(run_model, scheduler, num_inference_steps, seeds)
-            stem = run_label.replace("/", "--").replace("@", "-")
-            results.append((run_label, save_jpegs(images, seeds, f"{stem}-{scheduler}", gallery.GRADIO_CACHE)))
+            stem = f"{run_label.replace('/', '--').replace('@', '-')}-{scheduler}"
+            results.append((run_label, role, save_jpegs(images, seeds, stem, gallery.GRADIO_CACHE)))
 
-        # One row per seed: the model's image, then the base model's from the same seed.
+        # Seed by seed: the model's image, then the base model's from the same seed.
         gallery_items, rows = [], []
         for index, seed_value in enumerate(seeds):
-            for run_label, files in results:
+            for run_label, role, files in results:
                 path, num_bytes = files[index]
-                gallery_items.append((path, size_caption(run_label, seed_value, num_bytes)))
+                gallery_items.append((path, size_caption(role, seed_value, num_bytes)))
                 rows.append([run_label, scheduler, seed_value, num_bytes])
-        sizes = [num_bytes for _, num_bytes in results[0][1]]
-        base_sizes = [num_bytes for _, num_bytes in results[1][1]] if base else []
+        sizes = [num_bytes for _, num_bytes in results[0][2]]
+        base_sizes = [num_bytes for _, num_bytes in results[1][2]] if base else []
         summary = summarize(label, sizes, model.base_model, base_sizes)
         if compare_with_base and not model.base_model:
             summary += " Its model card names no `base_model`, so there is nothing to compare with."
@@ -295,8 +300,10 @@ def build_demo(
                 seed_box = gr.Number(value=0, minimum=0, maximum=MAX_SEED, precision=0, label="Seed")
                 compare_box = gr.Checkbox(value=True, label="Compare with base model")
                 button = gr.Button("Generate", variant="primary")
-            with gr.Column(scale=2):
-                gallery = gr.Gallery(label="Samples", elem_id="gallery", columns=2, object_fit="contain", height="auto")
+            with gr.Column(scale=3):
+                gallery = gr.Gallery(
+                    label="Samples (fine-tuned, then base, seed by seed)", elem_id="gallery", columns=4
+                )
                 summary_md = gr.Markdown(label="Summary", elem_id="summary")
                 table = gr.Dataframe(
                     headers=["model", "scheduler", "seed", "bytes"],

@@ -146,7 +146,8 @@ def check_served_jpegs(result, expected: dict[str, list[Image.Image]], scheduler
             assert data == encode_jpeg(images[index])
             assert len(data) == num_bytes == caption_bytes(item["caption"])
             assert rewards[label][index] == -num_bytes / 1000
-            assert f"seed {seed}" in item["caption"] and f"({num_bytes / 1000:.1f} kB)" in item["caption"]
+            role = {0: "fine-tuned", 1: "base"}[list(expected).index(label)] if len(expected) > 1 else f"seed {seed}"
+            assert item["caption"] == f"{role}: {num_bytes:,} bytes ({num_bytes / 1000:.1f} kB)"
 
 
 @pytest.mark.parametrize("scheduler", ["DDPM", "DDIM", "PNDM"])
@@ -349,6 +350,6 @@ def test_browser_generates_and_shows_byte_captions(space_url, models):
             page.screenshot(path=str(ARTIFACTS / "space.png"), full_page=True)
         finally:
             browser.close()
-    assert all(re.search(r"seed \d+ · [\d,]+ bytes \(\d+\.\d kB\)", text) for text in texts), texts
-    assert [text.split(" · ")[0] for text in texts] == [models.finetuned, models.base] * 2
+    assert [text.split(": ")[0] for text in texts] == ["fine-tuned", "base"] * 2, texts
+    assert all(re.fullmatch(r"[a-z-]+: [\d,]+ bytes \(\d+\.\d kB\)", text) for text in texts), texts
     assert served == [caption_bytes(text) for text in texts]  # the browser gets the measured files
