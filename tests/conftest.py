@@ -29,6 +29,9 @@ pytest_plugins = ["tests.hub_server.fixtures"]
 
 import pytest  # noqa: E402
 import torch  # noqa: E402
+
+# Tiny test models run fastest on one thread; two threads on two shared cores mostly wait for each other.
+torch.set_num_threads(1)
 from diffusers import DDPMPipeline, DDPMScheduler, UNet2DModel  # noqa: E402
 
 TINY_UNET_CONFIG = dict(

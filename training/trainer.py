@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import copy
 import logging
+import os
 import platform
 import time
 from concurrent.futures import Future, ThreadPoolExecutor
@@ -79,6 +80,7 @@ class DDPOTrainer:
         self.config = config
         self.run_dir = Path(config.output_dir)
         self.accelerator = accelerator or Accelerator(
+            cpu=_several_processes_without_gpu(),
             mixed_precision=config.mixed_precision,
             log_with="tensorboard",
             project_config=ProjectConfiguration(
@@ -405,6 +407,11 @@ class DDPOTrainer:
             "mixed_precision": self.config.mixed_precision,
             "torch_threads": torch.get_num_threads(),
         }
+
+
+def _several_processes_without_gpu() -> bool:
+    """`accelerate launch --multi_gpu --num_processes N` on a CPU-only machine: use gloo, not N solo runs."""
+    return int(os.environ.get("WORLD_SIZE", "1")) > 1 and not torch.cuda.is_available()
 
 
 def _spatial_size(unet: UNet2DModel) -> tuple[int, int]:

@@ -1,0 +1,252 @@
+"""The DDPO trainer end to end on tiny models: run folder, reload, resume, errors, processes."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from diffusers import DDIMPipeline, DDPMPipeline, PNDMPipeline, UNet2DModel
+from safetensors.torch import load_file
+
+from training.checkpoints import latest_checkpoint, read_metrics
+from training.cli import train_main
+from training.config import DDPOConfig, resolve_config
+from training.rewards import jpeg_compressibility
+from training.trainer import TrainingDivergedError, train
+
+REPO = Path(__file__).resolve().parents[1]
+FAST = dict(
+    epochs=2,
+    num_samples=8,
+    sample_batch_size=8,
+    train_batch_size=4,
+    num_steps=4,
+    timestep_fraction=1.0,
+    learning_rate=1e-4,
+    grid_size=4,
+    grid_every=1,
+)
+
+
+def _config(base: str, run_dir: Path, **overrides) -> DDPOConfig:
+    return resolve_config(overrides={"base_model": base, "output_dir": str(run_dir), **FAST, **overrides})
+
+
+def _weights(run_dir: Path) -> dict[str, torch.Tensor]:
+    return load_file(run_dir / "unet" / "diffusion_pytorch_model.safetensors")
+
+
+@pytest.fixture(scope="module")
+def finished_run(tiny_pipeline_dir, tmp_path_factory) -> Path:
+    run_dir = tmp_path_factory.mktemp("run")
+    train(_config(tiny_pipeline_dir, run_dir))
+    return run_dir
+
+
+def test_run_folder_layout_and_metrics(finished_run, tiny_pipeline_dir):
+    for name in ("model_index.json", "unet/config.json", "scheduler/scheduler_config.json", "run_info.json"):
+        assert (finished_run / name).is_file(), name
+    assert (finished_run / "samples" / "epoch_0000.png").is_file()
+    assert (finished_run / "samples" / "epoch_0002.png").is_file()
+    assert list((finished_run / "logs").rglob("events.out.tfevents*")), "TensorBoard logs"
+    assert latest_checkpoint(finished_run).name == "checkpoint_2"
+    saved = json.loads((finished_run / "ddpo_config.json").read_text())
+    assert saved["base_model"] == str(Path(tiny_pipeline_dir).resolve())
+    assert saved["num_samples"] == 8
+    rows = read_metrics(finished_run)
+    assert [row["epoch"] for row in rows] == [1, 2]
+    required = {"epoch", "reward_mean", "reward_std", "jpeg_kb_mean", "approx_kl", "clipfrac", "seconds", "loss"}
+    assert required <= set(rows[0])
+    # The JPEG reward is minus the size in kB, so the logged mean size mirrors the mean reward.
+    assert rows[0]["jpeg_kb_mean"] == pytest.approx(-rows[0]["reward_mean"])
+
+
+def test_saved_pipeline_loads_with_stock_pipelines(finished_run, tiny_pipeline_dir):
+    unet = UNet2DModel.from_pretrained(finished_run, subfolder="unet")
+    base = UNet2DModel.from_pretrained(tiny_pipeline_dir, subfolder="unet")
+    changed = any(not torch.equal(a, b) for a, b in zip(unet.parameters(), base.parameters(), strict=True))
+    assert changed, "training changed the weights"
+    for pipeline_class, steps in ((DDPMPipeline, 3), (DDIMPipeline, 3), (PNDMPipeline, 4)):
+        if pipeline_class is DDPMPipeline:
+            pipeline = pipeline_class.from_pretrained(finished_run)
+        else:  # the folder's scheduler is DDPM; users swap it through the matching pipeline class
+            from training.pipelines import build_pipeline, load_unet_and_scheduler_config
+
+            loaded_unet, scheduler_config = load_unet_and_scheduler_config(finished_run)
+            pipeline = build_pipeline(loaded_unet, scheduler_config, pipeline_class.__name__[:4])
+        images = pipeline(batch_size=2, num_inference_steps=steps, generator=torch.manual_seed(0), output_type="np")
+        assert images.images.shape == (2, 16, 16, 3)
+        assert np.isfinite(images.images).all()
+
+
+_interrupt_calls = {"count": 0}
+_jpeg = jpeg_compressibility()
+
+
+def interrupting_reward(images: torch.Tensor):
+    """The JPEG reward, but the 4th call (epoch 2's second batch) dies like a killed process."""
+    _interrupt_calls["count"] += 1
+    if _interrupt_calls["count"] == 4:
+        raise KeyboardInterrupt("simulated kill mid-epoch")
+    return _jpeg(images)[0]
+
+
+def test_interrupted_and_resumed_run_matches_uninterrupted_run(tiny_pipeline_dir, tmp_path):
+    settings = dict(epochs=3, num_samples=8, sample_batch_size=4, train_batch_size=4, use_ema=True, stat_tracking=True)
+    straight = tmp_path / "straight"
+    train(_config(tiny_pipeline_dir, straight, **settings))
+
+    resumed = tmp_path / "resumed"
+    with pytest.raises(KeyboardInterrupt):
+        train(_config(tiny_pipeline_dir, resumed, reward="tests.test_trainer:interrupting_reward", **settings))
+    assert latest_checkpoint(resumed).name == "checkpoint_1"
+    train(_config(tiny_pipeline_dir, resumed, resume="latest", **settings))
+
+    expected, actual = _weights(straight), _weights(resumed)
+    assert expected.keys() == actual.keys()
+    for name in expected:
+        assert torch.equal(expected[name], actual[name]), name
+    drop = ("seconds", "seconds_sampling", "seconds_reward", "seconds_training")
+    strip = lambda rows: [{k: v for k, v in row.items() if k not in drop} for row in rows]  # noqa: E731
+    assert strip(read_metrics(resumed)) == strip(read_metrics(straight))
+
+
+def nan_reward(images: torch.Tensor):
+    return [float("nan")] * images.shape[0]
+
+
+def test_nan_loss_stops_and_names_the_last_good_checkpoint(tiny_pipeline_dir, tmp_path):
+    run_dir = tmp_path / "nan"
+    with pytest.raises(TrainingDivergedError, match="none: no epoch completed"):
+        train(_config(tiny_pipeline_dir, run_dir, reward="tests.test_trainer:nan_reward"))
+    # A run with good epochs keeps them: resume it with the NaN reward and it stops at epoch 3.
+    train(_config(tiny_pipeline_dir, run_dir / "good", epochs=1))
+    before = _weights(run_dir / "good")
+    with pytest.raises(TrainingDivergedError, match="checkpoint_1"):
+        train(_config(tiny_pipeline_dir, run_dir / "good", resume="latest", reward="tests.test_trainer:nan_reward"))
+    assert latest_checkpoint(run_dir / "good").name == "checkpoint_1"
+    after = _weights(run_dir / "good")
+    assert all(torch.equal(before[name], after[name]) for name in before), "the NaN step was never saved"
+
+
+@pytest.mark.parametrize(
+    "flags, message",
+    [
+        (["--reward", "sharpness"], "Unknown reward 'sharpness'"),
+        (["--num-steps", "0"], "--num-steps must be a positive integer"),
+        (["--num-samples", "6"], "must be a multiple of --sample-batch-size"),
+        (["--train-batch-size", "3"], "must divide --sample-batch-size"),
+        (["--eta", "0"], "--eta must be in (0, 1]"),
+        (["--preset", "huge"], "Unknown preset 'huge'"),
+        (["--base-model", "./no/such/folder"], "No such model folder"),
+    ],
+)
+def test_bad_input_gets_a_clear_error(tiny_pipeline_dir, tmp_path, capsys, flags, message):
+    argv = ["--base-model", tiny_pipeline_dir, "--output-dir", str(tmp_path / "run"), "--num-samples", "8"]
+    argv += ["--sample-batch-size", "8", "--train-batch-size", "4", *flags]
+    assert train_main(argv) == 2
+    assert message in capsys.readouterr().err
+    assert not (tmp_path / "run" / "checkpoints").exists()
+
+
+def test_unreachable_hub_is_named(tmp_path):
+    # huggingface_hub reads HF_ENDPOINT at import, so point a fresh process at a closed loopback port.
+    env = {**os.environ, "HF_ENDPOINT": "http://127.0.0.1:9", "HF_HUB_ETAG_TIMEOUT": "1", "PYTHONPATH": str(REPO)}
+    code = "from training.cli import train_main; raise SystemExit(train_main(['--base-model', 'google/ddpm-celebahq-256', '--output-dir', 'x']))"  # noqa: E501
+    result = subprocess.run(
+        [sys.executable, "-c", code], cwd=tmp_path, env=env, capture_output=True, text=True, timeout=300
+    )
+    assert result.returncode == 2
+    assert "the Hugging Face Hub" in result.stderr and "unreachable" in result.stderr
+
+
+def test_config_file_and_flags_layer_over_the_preset(tmp_path):
+    (tmp_path / "run.yaml").write_text("preset: tiny\nepochs: 7\nlearning-rate: 0.001\n")
+    (tmp_path / "run.toml").write_text('preset = "celebahq-256"\nnum_steps = 50\n')
+    from training.cli import parse_config
+
+    config = parse_config(["--config", str(tmp_path / "run.yaml"), "--epochs", "9"])
+    assert (config.preset, config.epochs, config.learning_rate, config.base_model) == (
+        "tiny",
+        9,
+        0.001,
+        "tiny-textures-32",
+    )
+    config = parse_config(["--config", str(tmp_path / "run.toml")])
+    assert (config.base_model, config.num_steps, config.eta, config.mixed_precision) == (
+        "google/ddpm-celebahq-256",
+        50,
+        1.0,
+        "bf16",
+    )
+    (tmp_path / "bad.yaml").write_text("learning_rat: 1\n")
+    with pytest.raises(ValueError, match="Unknown setting.*learning_rat"):
+        parse_config(["--config", str(tmp_path / "bad.yaml")])
+
+
+def test_celebahq_preset_runs_one_tiny_epoch_on_the_real_architecture(tmp_path):
+    """google/ddpm-celebahq-256's configuration with random weights (113.67 M parameters), bf16."""
+    reference = REPO / "tests" / "data" / "ddpm-celebahq-256-config"
+    unet = UNet2DModel.from_config(UNet2DModel.load_config(reference / "unet"))
+    assert sum(p.numel() for p in unet.parameters()) / 1e6 == pytest.approx(113.67, abs=0.01)
+    base = tmp_path / "celebahq-random"
+    from diffusers import DDPMScheduler
+
+    DDPMPipeline(unet=unet, scheduler=DDPMScheduler.from_pretrained(reference / "scheduler")).save_pretrained(base)
+    del unet
+    config = resolve_config(
+        preset="celebahq-256",
+        overrides=dict(
+            base_model=str(base),
+            output_dir=str(tmp_path / "run"),
+            epochs=1,
+            num_samples=2,
+            sample_batch_size=2,
+            train_batch_size=2,
+            gradient_accumulation_steps=1,
+            num_steps=2,
+            grid_size=1,
+            eval_num_images=0,
+            checkpoints_total_limit=1,
+        ),
+    )
+    train(config)
+    row = read_metrics(tmp_path / "run")[0]
+    assert row["epoch"] == 1 and np.isfinite(row["loss"])
+    assert DDPMPipeline.from_pretrained(tmp_path / "run").unet.config.sample_size == 256
+
+
+def test_two_processes_gather_rewards_and_end_with_identical_weights(tiny_pipeline_dir, tmp_path):
+    out = tmp_path / "out"
+    out.mkdir()
+    command = [
+        sys.executable, "-m", "accelerate.commands.launch", "--multi_gpu", "--num_processes", "2",
+        "--num_machines", "1", "--mixed_precision", "no", "--dynamo_backend", "no", str(REPO / "tests" / "distributed_worker.py"),
+        "--base-model", tiny_pipeline_dir, "--output-dir", str(tmp_path / "run"), "--epochs", "2",
+        "--num-samples", "8", "--sample-batch-size", "4", "--train-batch-size", "4", "--num-steps", "4",
+        "--grid-size", "2", "--reward", "tests.distributed_worker:recording_reward",
+    ]  # fmt: skip
+    env = {**os.environ, "DDPO_TEST_OUT": str(out), "PYTHONPATH": str(REPO), "OMP_NUM_THREADS": "1"}
+    result = subprocess.run(command, cwd=REPO, env=env, capture_output=True, text=True, timeout=600)
+    assert result.returncode == 0, result.stderr[-3000:]
+    rank0, rank1 = torch.load(out / "weights_rank0.pt"), torch.load(out / "weights_rank1.pt")
+    assert all(torch.equal(rank0[name], rank1[name]) for name in rank0)
+    saved = _weights(tmp_path / "run")
+    assert all(torch.equal(saved[name], rank0[name]) for name in saved)
+    local = {
+        rank: [json.loads(line) for line in (out / f"rewards_rank{rank}.jsonl").read_text().splitlines()]
+        for rank in (0, 1)
+    }
+    rows = read_metrics(tmp_path / "run")
+    for epoch, row in enumerate(rows):
+        gathered = np.array(local[0][epoch] + local[1][epoch])
+        assert gathered.size == 8
+        assert row["reward_mean"] == pytest.approx(gathered.mean())
+        assert row["reward_std"] == pytest.approx(gathered.std())
+    assert local[0][0] != local[1][0], "each process samples its own images"
