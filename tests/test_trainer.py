@@ -227,7 +227,8 @@ def test_two_processes_gather_rewards_and_end_with_identical_weights(tiny_pipeli
     out.mkdir()
     command = [
         sys.executable, "-m", "accelerate.commands.launch", "--multi_gpu", "--num_processes", "2",
-        "--num_machines", "1", "--mixed_precision", "no", "--dynamo_backend", "no", str(REPO / "tests" / "distributed_worker.py"),
+        "--num_machines", "1", "--mixed_precision", "no", "--dynamo_backend", "no",
+        str(REPO / "tests" / "distributed_worker.py"),
         "--base-model", tiny_pipeline_dir, "--output-dir", str(tmp_path / "run"), "--epochs", "2",
         "--num-samples", "8", "--sample-batch-size", "4", "--train-batch-size", "4", "--num-steps", "4",
         "--grid-size", "2", "--reward", "tests.distributed_worker:recording_reward",
