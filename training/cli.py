@@ -55,12 +55,13 @@ def parse_config(argv: Sequence[str] | None = None) -> DDPOConfig:
 
 def train_main(argv: Sequence[str] | None = None) -> int:
     """Entry point of `ddpo-train` and `python -m training`."""
+    from training.hub import PushError
     from training.trainer import TrainingDivergedError, train
 
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     try:
         run_dir = train(parse_config(argv))
-    except (ValueError, FileNotFoundError, ModelLoadError, TrainingDivergedError) as error:
+    except (ValueError, FileNotFoundError, ModelLoadError, TrainingDivergedError, PushError) as error:
         print(f"ddpo-train: error: {error}", file=sys.stderr)
         return 2
     print(f"Done. The fine-tuned pipeline, metrics and sample grids are in {run_dir}/")

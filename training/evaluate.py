@@ -229,6 +229,15 @@ def save_grids(results: dict, samples: Samples, grid_dir: Path, *, relative_to: 
         }
 
 
+def write_evaluation(results: dict, samples: Samples, output: Path, *, grids: bool = True) -> Path:
+    """Write the evaluation JSON (and, beside it, the base-over-model grids the card shows)."""
+    output.parent.mkdir(parents=True, exist_ok=True)
+    if grids:
+        save_grids(results, samples, output.parent / GRID_DIR_NAME, relative_to=output.parent)
+    output.write_text(json.dumps(results, indent=2) + "\n")
+    return output
+
+
 def push_eval_dataset(
     results: dict,
     samples: Samples,
@@ -389,10 +398,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     except (ModelLoadError, ValueError) as error:
         print(f"ddpo-eval: error: {error}", file=sys.stderr)
         return 2
-    output.parent.mkdir(parents=True, exist_ok=True)
-    if not args.no_grids:
-        save_grids(results, samples, output.parent / GRID_DIR_NAME, relative_to=output.parent)
-    output.write_text(json.dumps(results, indent=2) + "\n")
+    write_evaluation(results, samples, output, grids=not args.no_grids)
     for entry in results["schedulers"].values():
         line = f"{entry['name']} ({entry['num_inference_steps']} steps): mean JPEG {entry['model']['mean']:.0f} B"
         if "base" in entry:

@@ -36,6 +36,8 @@ from training.checkpoints import (
     write_run_info,
 )
 from training.config import DDPOConfig
+from training.evaluate import EVAL_RESULTS_NAME, run_evaluation, write_evaluation
+from training.hub import HubPublisher
 from training.jpeg import jpeg_sizes
 from training.pipelines import fetch_pipeline_folder, load_unet_and_scheduler_config, resolve_model_path
 from training.rewards import RewardOutput, load_reward
@@ -114,7 +116,7 @@ class DDPOTrainer:
             *[obj for obj in (self.progress, self.tracker, self.ema) if obj is not None]
         )
         self.sample_shape = (unet.config.in_channels, *_spatial_size(unet))
-        self.pushed_epochs: set[int] = set()
+        self.publisher: HubPublisher | None = None
 
     # --- set-up -----------------------------------------------------------------------------------------
 
@@ -192,12 +194,38 @@ class DDPOTrainer:
             int(self.sampler.trainable.sum()),
             not bool(self.sampler.trainable[-1]),
         )
-        with ThreadPoolExecutor(max_workers=2) as reward_pool:
-            for epoch in range(self.progress.epoch + 1, config.epochs + 1):
-                self._run_epoch(epoch, reward_pool)
+        if config.push_to_hub and self.is_main:
+            self.publisher = HubPublisher(config.push_to_hub, private=config.hub_private, revision=config.hub_revision)
+        try:
+            with ThreadPoolExecutor(max_workers=2) as reward_pool:
+                for epoch in range(self.progress.epoch + 1, config.epochs + 1):
+                    self._run_epoch(epoch, reward_pool)
+            if self.progress.epoch == config.epochs:
+                self._finish()
+        finally:
+            if self.publisher is not None:
+                self.publisher.wait()  # uploads run in the background; a failure raises PushError here
         accelerator.wait_for_everyone()
         accelerator.end_training()
         return self.run_dir
+
+    def _finish(self) -> None:
+        """After the last epoch: evaluate against the base (optional), then publish the final model."""
+        config = self.config
+        if not self.is_main:
+            return
+        if config.eval_num_images > 0:
+            results, samples = run_evaluation(
+                str(self.run_dir),
+                config.base_model,
+                schedulers=config.eval_schedulers,
+                num_images=config.eval_num_images,
+                seed=config.seed,
+                device=str(self.accelerator.device),
+            )
+            write_evaluation(results, samples, self.run_dir / EVAL_RESULTS_NAME)
+        if self.publisher is not None:
+            self.publisher.push_epoch(self.run_dir, config.epochs)
 
     def _run_epoch(self, epoch: int, reward_pool: ThreadPoolExecutor) -> None:
         config, accelerator = self.config, self.accelerator
@@ -397,6 +425,8 @@ class DDPOTrainer:
             write_run_info(self.run_dir, hardware=self._hardware(), progress=self.progress)
         accelerator.project_configuration.iteration = epoch
         accelerator.save_state()
+        if self.publisher is not None and epoch % config.push_every == 0 and epoch != config.epochs:
+            self.publisher.push_epoch(self.run_dir, epoch)
 
     def _hardware(self) -> dict:
         device = self.accelerator.device

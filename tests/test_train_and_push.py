@@ -1,0 +1,53 @@
+"""`ddpo-train --push-to-hub` end to end against the loopback Hub, read back with stock libraries."""
+
+from __future__ import annotations
+
+import json
+
+import torch
+from diffusers import DDPMPipeline
+from huggingface_hub import HfApi, ModelCard
+
+from training.cli import train_main
+
+TRAINING_STATE = ("checkpoints/", "logs/", "optimizer", "random_states", "metrics.jsonl", "ddpo_config.json")
+
+
+def test_training_pushes_each_epoch_as_one_tagged_commit_with_its_card(
+    hub_server, hub_token, tiny_pipeline_dir, tmp_path, capsys
+):
+    repo_id = hub_server.unique_repo_id("ddpo-tiny")
+    run_dir = tmp_path / "run"
+    argv = [
+        "--base-model", tiny_pipeline_dir, "--output-dir", str(run_dir), "--epochs", "2", "--num-samples", "8",
+        "--sample-batch-size", "8", "--train-batch-size", "4", "--num-steps", "4", "--grid-size", "4",
+        "--push-to-hub", repo_id, "--push-every", "1", "--eval-num-images", "4", "--eval-schedulers", "ddim", "ddpm",
+    ]  # fmt: skip
+    assert train_main(argv) == 0
+    assert hub_token not in capsys.readouterr().err
+
+    pushed = DDPMPipeline.from_pretrained(repo_id).unet.state_dict()
+    local = DDPMPipeline.from_pretrained(run_dir).unet.state_dict()
+    assert pushed.keys() == local.keys()
+    assert all(torch.equal(pushed[name], local[name]) for name in local)
+
+    api = HfApi()
+    commits = api.list_repo_commits(repo_id)
+    assert len(commits) == 3, "the initial commit plus one per pushed epoch"
+    assert commits[0].title.startswith("Epoch 2: mean JPEG")
+    tags = {ref.name: ref.target_commit for ref in api.list_repo_refs(repo_id).tags}
+    assert tags == {"epoch-1": commits[1].commit_id, "epoch-2": commits[0].commit_id}
+    files = api.list_repo_files(repo_id)
+    assert not [name for name in files if name.startswith(TRAINING_STATE)], files
+    assert {"README.md", "model_index.json", "unet/diffusion_pytorch_model.safetensors"} <= set(files)
+
+    card = ModelCard.load(repo_id)
+    assert card.data.library_name == "diffusers"
+    assert card.data.pipeline_tag == "unconditional-image-generation"
+    assert {"ddpo", "reinforcement-learning", "jpeg_compressibility"} <= set(card.data.tags)
+    evaluation = json.loads((run_dir / "eval_results.json").read_text())
+    reported = {(result.dataset_config, result.metric_type): result.metric_value for result in card.data.eval_results}
+    for key, entry in evaluation["schedulers"].items():
+        for statistic in ("mean", "median"):
+            assert reported[key, f"jpeg_bytes_{statistic}"] == round(entry["model"][statistic], 1)
+        assert f"{entry['model']['mean']:,.0f}" in card.text
