@@ -23,6 +23,7 @@ from PIL import Image
 
 from model_card import figures
 from training import jpeg
+from training.checkpoints import read_metrics
 from training.pipelines import SCHEDULERS
 
 TEMPLATE_PATH = Path(__file__).with_name("template.md")
@@ -83,19 +84,6 @@ class JpegSummary:
     def change_text(self) -> str:
         """Whole percent with a sign, e.g. `-37%` (never `-0%`)."""
         return f"{int(round(self.change * 100)):+d}%"
-
-
-def read_metrics(run_dir: Path) -> list[dict]:
-    """Rows of `metrics.jsonl`, one per epoch in epoch order; a resumed run's rewritten epoch keeps its last row."""
-    path = Path(run_dir) / "metrics.jsonl"
-    if not path.is_file():
-        return []
-    by_epoch: dict[int, dict] = {}
-    for line in path.read_text().splitlines():
-        if line.strip():
-            row = json.loads(line)
-            by_epoch[int(row["epoch"])] = row
-    return [by_epoch[epoch] for epoch in sorted(by_epoch)]
 
 
 def jpeg_summary(rows: Sequence[dict], epoch: int | None = None) -> JpegSummary | None:

@@ -85,10 +85,16 @@ def append_metrics(run_dir: str | Path, row: dict) -> None:
 
 
 def read_metrics(run_dir: str | Path) -> list[dict]:
+    """Rows of `metrics.jsonl` in epoch order; where an epoch appears twice, its last row wins."""
     path = Path(run_dir) / METRICS_FILENAME
     if not path.is_file():
         return []
-    return [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
+    by_epoch = {}
+    for line in path.read_text().splitlines():
+        if line.strip():
+            row = json.loads(line)
+            by_epoch[int(row["epoch"])] = row
+    return [by_epoch[epoch] for epoch in sorted(by_epoch)]
 
 
 def truncate_metrics(run_dir: str | Path, last_epoch: int) -> None:
