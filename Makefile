@@ -1,0 +1,41 @@
+# The two commands of the README's quick start: `make demo` and `make test`.
+# Both create .venv (torch 2.13.0 first: a plain `torch` requirement would pull a multi-GB CUDA build).
+
+PYTHON ?= $(shell command -v python3.11 || command -v python3)
+VENV := .venv
+BIN := $(VENV)/bin
+STAMP := $(VENV)/.installed
+CHROMIUM ?= /usr/bin/chromium
+
+.PHONY: setup demo test lint browser clean
+
+setup: $(STAMP)
+
+$(STAMP): pyproject.toml
+	$(PYTHON) -m venv $(VENV)
+	$(BIN)/python -m pip install --quiet --upgrade pip
+	$(BIN)/python -m pip install --quiet torch==2.13.0
+	$(BIN)/python -m pip install --quiet -e ".[dev]"
+	touch $(STAMP)
+
+# Fine-tune the bundled tiny DDPM (the embedded default), evaluate it, publish it to a Hub server on
+# 127.0.0.1 and load it back with DDPMPipeline.from_pretrained.
+demo: $(STAMP)
+	$(BIN)/python -m training.publish_job --preset tiny --output-dir runs/tiny --local-hub
+
+# Debian's Chromium for the Space's browser test (Playwright cannot download browsers here).
+browser:
+	@if [ ! -x "$(CHROMIUM)" ] && [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null; then \
+		echo "Installing Debian's chromium for the browser test"; \
+		apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium >/dev/null; \
+	fi
+
+test: $(STAMP) browser
+	$(BIN)/ruff check .
+	$(BIN)/python -m pytest
+
+lint: $(STAMP)
+	$(BIN)/ruff check .
+
+clean:
+	rm -rf $(VENV) runs tests/artifacts
