@@ -139,14 +139,14 @@ def check_served_jpegs(result, expected: dict[str, list[Image.Image]], scheduler
     rewards = {label: training_rewards(images) for label, images in expected.items()}
     rows = iter(zip(gallery, table["data"], strict=True))
     for index, seed in enumerate(seeds):
-        for label, images in expected.items():
+        for position, (label, images) in enumerate(expected.items()):
             item, (model, row_scheduler, row_seed, num_bytes) = next(rows)
             data = Path(item["image"]).read_bytes()
             assert (model, row_scheduler, row_seed) == (label, scheduler, seed)
             assert data == encode_jpeg(images[index])
             assert len(data) == num_bytes == caption_bytes(item["caption"])
             assert rewards[label][index] == -num_bytes / 1000
-            role = {0: "fine-tuned", 1: "base"}[list(expected).index(label)] if len(expected) > 1 else f"seed {seed}"
+            role = ("fine-tuned", "base")[position] if len(expected) > 1 else f"seed {seed}"
             assert item["caption"] == f"{role}: {num_bytes:,} bytes ({num_bytes / 1000:.1f} kB)"
 
 
