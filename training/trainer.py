@@ -319,7 +319,7 @@ class DDPOTrainer:
         trainable = torch.nonzero(self.sampler.trainable).squeeze(1)
         num_samples = samples.latents.shape[0]
         num_minibatches = num_samples // config.train_batch_size
-        totals = {"loss": 0.0, "approx_kl": 0.0, "clipfrac": 0.0}
+        totals = torch.zeros(3, device=accelerator.device)  # loss, approx_kl, clipfrac: synced once per epoch
         count = 0
         self.unet.train()
         bar = tqdm(
@@ -340,18 +340,17 @@ class DDPOTrainer:
                 rows = torch.arange(minibatch * config.train_batch_size, (minibatch + 1) * config.train_batch_size)
                 for column in range(self.num_train_timesteps):
                     step_index = step_order[rows, column]
-                    stats = self._train_step(samples, rows, step_index, epoch)
-                    for key, value in stats.items():
-                        totals[key] += value
+                    totals += self._train_step(samples, rows, step_index, epoch)
                     count += 1
                     bar.update()
         bar.close()
-        return {key: value / max(count, 1) for key, value in totals.items()}
+        loss, approx_kl, clipfrac = (totals / max(count, 1)).tolist()
+        return {"loss": loss, "approx_kl": approx_kl, "clipfrac": clipfrac}
 
     def _train_step(
         self, samples: EpochSamples, rows: torch.Tensor, step_index: torch.Tensor, epoch: int
-    ) -> dict[str, float]:
-        """One PPO-clipped policy-gradient step on one timestep of a minibatch of trajectories."""
+    ) -> torch.Tensor:
+        """One PPO-clipped policy-gradient step on one timestep of a minibatch; returns (loss, kl, clipfrac)."""
         config, accelerator = self.config, self.accelerator
         device = accelerator.device
         sample = samples.latents[rows, step_index].to(device)
@@ -375,15 +374,17 @@ class DDPOTrainer:
             if self.ema is not None:
                 self.ema.step([parameter for parameter in self.unet.parameters() if parameter.requires_grad])
         with torch.no_grad():
-            return {
-                "loss": loss.item(),
-                "approx_kl": (0.5 * (log_prob - old_log_prob) ** 2).mean().item(),
-                "clipfrac": (torch.abs(ratio - 1.0) > config.clip_range).float().mean().item(),
-            }
+            return torch.stack(
+                [
+                    loss.detach(),
+                    (0.5 * (log_prob - old_log_prob) ** 2).mean(),
+                    (torch.abs(ratio - 1.0) > config.clip_range).float().mean(),
+                ]
+            )
 
     def _check_finite(self, loss: torch.Tensor, epoch: int) -> None:
-        """Stop before a NaN/inf loss reaches the weights; every process stops together."""
-        bad = torch.tensor(0.0 if torch.isfinite(loss).item() else 1.0, device=self.accelerator.device)
+        """Stop before a NaN/inf loss reaches the weights; every process stops together (one sync per step)."""
+        bad = (~torch.isfinite(loss.detach())).float()
         if self.accelerator.num_processes > 1:
             bad = self.accelerator.reduce(bad, reduction="sum")
         if bad.item() > 0:
