@@ -119,7 +119,11 @@ class HubPublisher:
         token: str | None = None,
         private: bool = False,
         revision: str | None = None,
+        replace_earlier_run: bool = False,
     ) -> None:
+        """`replace_earlier_run`: a fresh run pushing to a repo that an earlier run tagged; its `epoch-N` tags
+        are deleted (its commits stay in the history) so this run's epochs are pushed and tagged. A resumed
+        run leaves it False and skips the epochs already tagged."""
         self.repo_id = repo_id
         self.revision = revision
         self._api = HfApi(token=token)
@@ -131,6 +135,11 @@ class HubPublisher:
             if revision:
                 self._api.create_branch(repo_id, branch=revision, exist_ok=True)
             self._pushed = self._tagged_epochs()
+            if replace_earlier_run and self._pushed:
+                logger.warning("%s holds an earlier run: moving its tags to this run's epochs.", self._where)
+                for epoch in sorted(self._pushed):
+                    self._api.delete_tag(repo_id, tag=epoch_tag(epoch))
+                self._pushed = set()
         except Exception as error:  # any failure becomes one readable, token-free error (`from None`: no chain)
             raise self._error(f"Preparing the Hub repo {self._where}", error) from None
 

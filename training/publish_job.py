@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import argparse
 import os
-import re
 import sys
 import tempfile
 from collections.abc import Iterator, Sequence
@@ -134,25 +133,6 @@ def build_config(args: argparse.Namespace, train_argv: Sequence[str], model_repo
     return parse_config(flags)
 
 
-def release_epoch_tags(repo_id: str, *, token: str) -> list[str]:
-    """Delete the `epoch-N` tags an earlier run left on the repo, so that this fresh run's epochs are pushed.
-
-    The publisher skips tagged epochs (so that a resumed run does not push twice); without this, a second
-    scheduled run would leave the first run's weights on the Hub. The earlier commits stay in the history.
-    """
-    from huggingface_hub import HfApi
-    from huggingface_hub.errors import RepositoryNotFoundError
-
-    api = HfApi(token=token)
-    try:
-        tags = [ref.name for ref in api.list_repo_refs(repo_id).tags if re.fullmatch(r"epoch-\d+", ref.name)]
-    except RepositoryNotFoundError:
-        return []
-    for tag in tags:
-        api.delete_tag(repo_id, tag=tag)
-    return tags
-
-
 def train_and_evaluate(args: argparse.Namespace, config: DDPOConfig) -> Path:
     """Train in-process, then `ddpo-eval` the run against its base and write its card."""
     from model_card.render import write_card
@@ -239,8 +219,6 @@ def run(args: argparse.Namespace, train_argv: Sequence[str]) -> int:
             model_repo = args.model_repo or f"{user}/ddpo-{args.preset}"
             space_id = None if args.no_space else args.space_id or f"{user}/ddpo-demo"
         config = build_config(args, train_argv, model_repo)
-        if model_repo and config.resume is None and (released := release_epoch_tags(model_repo, token=token)):
-            print(f"{model_repo} holds an earlier run: its tags {', '.join(released)} will mark this run's epochs.")
         run_dir = train_and_evaluate(args, config)
         summary = results_summary(run_dir)
         if not token:

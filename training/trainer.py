@@ -195,7 +195,12 @@ class DDPOTrainer:
             not bool(self.sampler.trainable[-1]),
         )
         if config.push_to_hub and self.is_main:
-            self.publisher = HubPublisher(config.push_to_hub, private=config.hub_private, revision=config.hub_revision)
+            self.publisher = HubPublisher(
+                config.push_to_hub,
+                private=config.hub_private,
+                revision=config.hub_revision,
+                replace_earlier_run=checkpoint is None,
+            )
         try:
             with ThreadPoolExecutor(max_workers=2) as reward_pool:
                 for epoch in range(self.progress.epoch + 1, config.epochs + 1):
