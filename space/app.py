@@ -33,6 +33,7 @@ from training.pipelines import (
     load_unet_and_scheduler_config,
     read_base_model,
     resolve_model_path,
+    sample_seeded,
 )
 
 try:  # Present on Hugging Face Spaces: `spaces.GPU` lends a ZeroGPU device to the decorated function.
@@ -109,10 +110,8 @@ class ModelCache:
 def sample_images(
     model: LoadedModel, scheduler: str, num_inference_steps: int, seeds: Sequence[int]
 ) -> list[Image.Image]:
-    """Sample one image per seed, each from its own CPU generator, so image i depends on seeds[i] alone."""
-    pipeline = build_pipeline(model.unet, model.scheduler_config, scheduler)
-    generators = [torch.Generator().manual_seed(seed) for seed in seeds]
-    return pipeline(batch_size=len(seeds), num_inference_steps=num_inference_steps, generator=generators).images
+    """Sample one image per seed (the same pictures `ddpo-eval` draws for those seeds)."""
+    return sample_seeded(build_pipeline(model.unet, model.scheduler_config, scheduler), seeds, num_inference_steps)
 
 
 def save_jpegs(images: Sequence[Image.Image], seeds: Sequence[int], stem: str, folder: str) -> list[tuple[str, int]]:

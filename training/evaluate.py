@@ -50,6 +50,7 @@ from training.pipelines import (
     build_pipeline,
     load_unet_and_scheduler_config,
     read_base_model,
+    sample_seeded,
     scheduler_choice,
 )
 
@@ -129,9 +130,7 @@ def generate(
     images: list[Image.Image] = []
     for start in range(0, len(seeds), batch_size):
         chunk = seeds[start : start + batch_size]
-        generators = [torch.Generator("cpu").manual_seed(seed) for seed in chunk]
-        output = pipeline(batch_size=len(chunk), generator=generators, num_inference_steps=num_inference_steps)
-        images.extend(output.images)
+        images.extend(sample_seeded(pipeline, chunk, num_inference_steps))
         if progress is not None:
             progress.update(len(chunk))
     return images

@@ -8,9 +8,11 @@ pipeline around the same UNet instead of swapping the scheduler on a fixed pipel
 from __future__ import annotations
 
 import os
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
+import torch
 from diffusers import (
     DDIMPipeline,
     DDIMScheduler,
@@ -32,6 +34,7 @@ from huggingface_hub.errors import (
     RevisionNotFoundError,
 )
 from huggingface_hub.utils import validate_repo_id
+from PIL import Image
 
 
 @dataclass(frozen=True)
@@ -75,6 +78,16 @@ def build_pipeline(unet: UNet2DModel, scheduler_config: dict, scheduler: str) ->
     """Wrap `unet` in the pipeline class for `scheduler`, with a scheduler made from the model's config."""
     choice = scheduler_choice(scheduler)
     return choice.pipeline_class(unet=unet, scheduler=choice.scheduler_class.from_config(scheduler_config))
+
+
+def sample_seeded(pipeline: DiffusionPipeline, seeds: Sequence[int], num_inference_steps: int) -> list[Image.Image]:
+    """One image per seed, each drawn from its own CPU generator, so image i depends on seeds[i] alone.
+
+    Evaluation and the Space both sample this way, so the same seed gives the same picture in both,
+    whatever the batch size.
+    """
+    generators = [torch.Generator("cpu").manual_seed(seed) for seed in seeds]
+    return pipeline(batch_size=len(seeds), generator=generators, num_inference_steps=num_inference_steps).images
 
 
 def resolve_model_path(model: str | os.PathLike) -> str:
