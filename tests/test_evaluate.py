@@ -19,15 +19,6 @@ from training.evaluate import evaluate, generate, main, parse_num_inference_step
 STEPS = {"ddpm": 2, "ddim": 2, "pndm": 4}
 
 
-@pytest.fixture(scope="module", autouse=True)
-def _one_torch_thread():
-    """Tiny UNets run ~30x faster on one thread than on two contended cores; restore the setting after."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
-
-
 @pytest.fixture(scope="module")
 def model_dir(tmp_path_factory) -> str:
     """A 'fine-tuned' model: same architecture as the base, other weights."""

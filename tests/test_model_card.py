@@ -23,15 +23,6 @@ from training import evaluate
 TAGS = ["pytorch", "diffusers", "unconditional-image-generation", "ddpo", "reinforcement-learning"]
 
 
-@pytest.fixture(scope="module", autouse=True)
-def _one_torch_thread():
-    """Tiny UNets run much faster on one thread than on two contended cores; restore the setting after."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
-
-
 @pytest.fixture(scope="module")
 def evaluated_run(tmp_path_factory, tiny_pipeline_dir) -> Path:
     """A run whose base is a local folder, evaluated by the real `ddpo-eval` CLI (grids included)."""
