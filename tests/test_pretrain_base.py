@@ -1,0 +1,85 @@
+"""The pretraining script's data set and training loop, and the small DDPM it produced that the repo ships."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+from diffusers import DDPMPipeline, DDPMScheduler, UNet2DModel
+
+from training.jpeg import jpeg_sizes
+from training.pipelines import TINY_BASE_MODEL
+from training.pretrain_base import build_texture_dataset, dataset_to_tensor, main, make_scheduler, train
+
+
+@pytest.fixture(scope="module")
+def crops():
+    return build_texture_dataset(96, size=32, seed=3)
+
+
+def test_dataset_is_deterministic_32px_rgb_with_a_spread_of_jpeg_sizes(crops):
+    assert len(crops) == 96
+    assert all(image.size == (32, 32) and image.mode == "RGB" for image in crops["image"])
+    again = build_texture_dataset(96, size=32, seed=3)
+    assert torch.equal(dataset_to_tensor(crops), dataset_to_tensor(again))
+    other = build_texture_dataset(96, size=32, seed=4)
+    assert not torch.equal(dataset_to_tensor(crops), dataset_to_tensor(other))
+    assert len(set(crops["source"])) >= 6
+    sizes = np.array(jpeg_sizes(crops["image"]))
+    # At 32x32 the JPEG header alone is ~640 bytes: smooth crops sit near it, busy textures far above.
+    assert sizes.min() < 850
+    assert sizes.max() > 1300
+    assert sizes.std() > 100
+
+
+def test_dataset_to_tensor_layout(crops):
+    images = dataset_to_tensor(crops)
+    assert images.shape == (96, 3, 32, 32)
+    assert images.dtype == torch.uint8
+
+
+def test_train_lowers_the_loss_and_returns_ema_weights(crops):
+    torch.manual_seed(0)
+    unet = UNet2DModel(
+        sample_size=32,
+        layers_per_block=1,
+        block_out_channels=(8, 16),
+        down_block_types=("DownBlock2D", "DownBlock2D"),
+        up_block_types=("UpBlock2D", "UpBlock2D"),
+        norm_num_groups=4,
+        add_attention=False,
+    )
+    before = [p.detach().clone() for p in unet.parameters()]
+    losses = train(
+        unet, make_scheduler(), dataset_to_tensor(crops), steps=40, batch_size=16, learning_rate=3e-3,
+        warmup_steps=5, log_every=20,
+    )  # fmt: skip
+    assert len(losses) == 40
+    assert all(np.isfinite(losses))
+    assert np.mean(losses[-10:]) < np.mean(losses[:10])
+    assert not unet.training
+    assert any(not torch.equal(a, b) for a, b in zip(before, unet.parameters(), strict=True))
+
+
+def test_main_saves_a_pipeline_folder_that_reloads(tmp_path):
+    out = tmp_path / "tiny"
+    threads = str(torch.get_num_threads())  # main() sets the thread count; keep the session's
+    main(["--output-dir", str(out), "--num-images", "32", "--steps", "2", "--batch-size", "4", "--channels", "8", "16",
+          "--threads", threads])  # fmt: skip
+    assert (out / "unet" / "diffusion_pytorch_model.safetensors").is_file()
+    pipeline = DDPMPipeline.from_pretrained(out)
+    assert pipeline.unet.config.block_out_channels == [8, 16]
+    assert isinstance(pipeline.scheduler, DDPMScheduler)
+
+
+def test_shipped_model_loads_is_small_and_generates_32px_images():
+    files = [path for path in TINY_BASE_MODEL.rglob("*") if path.is_file()]
+    assert sum(path.stat().st_size for path in files) <= 10 * 1024 * 1024
+    assert (TINY_BASE_MODEL / "unet" / "diffusion_pytorch_model.safetensors").is_file()
+    assert not any(path.suffix == ".bin" for path in files)
+    pipeline = DDPMPipeline.from_pretrained(TINY_BASE_MODEL)
+    config = pipeline.scheduler.config
+    assert (config.num_train_timesteps, config.beta_schedule, config.clip_sample) == (1000, "linear", True)
+    assert config.prediction_type == "epsilon"
+    images = pipeline(batch_size=2, num_inference_steps=5, generator=torch.Generator().manual_seed(0)).images
+    assert [image.size for image in images] == [(32, 32), (32, 32)]

@@ -1,0 +1,213 @@
+"""Pretrain the small unconditional DDPM that ships with the project (`training.pipelines.TINY_BASE_MODEL`).
+
+The Hub is out of reach from our machines, so `--preset tiny` needs a base model that lives in the repo.
+This script builds a texture data set from the photographs bundled with scikit-image (no download), trains a
+CPU-sized `UNet2DModel` with the standard DDPM noise-prediction loss, and saves the EMA weights as a
+`DDPMPipeline` folder. See `training/base_models/README.md` for the exact run that produced the shipped model.
+
+    OMP_WAIT_POLICY=PASSIVE python -m training.pretrain_base --output-dir training/base_models/tiny-textures-32
+
+(The defaults are the settings of that run. Passive OpenMP waiting keeps 2 threads fast on a shared machine.)
+scikit-image is needed only here, to build the data set; it is in the `dev` extra.
+"""
+
+from __future__ import annotations
+
+import argparse
+import math
+import time
+from collections.abc import Sequence
+from pathlib import Path
+
+import datasets
+import numpy as np
+import torch
+import torch.nn.functional as F
+from diffusers import DDPMPipeline, DDPMScheduler, UNet2DModel
+from diffusers.optimization import get_cosine_schedule_with_warmup
+from diffusers.training_utils import EMAModel
+from PIL import Image
+from tqdm.auto import tqdm
+
+PHOTOS: dict[str, float] = {
+    # Colour photographs: objects, faces, fur, food, sky, microscopy, star fields.
+    **dict.fromkeys(("astronaut", "chelsea", "coffee", "rocket", "stereo_motorcycle"), 1.0),
+    **dict.fromkeys(("hubble_deep_field", "immunohistochemistry", "retina"), 1.0),
+    # Greyscale photographs, kept grey and drawn half as often: busy textures and smooth scenes.
+    **dict.fromkeys(("brick", "grass", "gravel", "camera", "coins", "moon"), 0.5),
+}
+"""`skimage.data` photographs that ship inside the package (they load without a network), with sampling weights."""
+
+MIN_SCALE, MAX_SCALE = 0.15, 0.6
+"""Downscale range before cropping: a crop then shows texture or part of an object, not a few flat pixels."""
+
+
+def load_photo(name: str) -> np.ndarray:
+    """One bundled scikit-image photograph as an (H, W, 3) uint8 array."""
+    from skimage import data  # imported here: scikit-image is only needed to (re)build the data set
+
+    image = getattr(data, name)()
+    if isinstance(image, tuple):  # stereo_motorcycle returns (left, right, disparity)
+        image = image[0]
+    image = np.asarray(image)
+    if image.ndim == 2:
+        image = np.stack([image] * 3, axis=-1)
+    return np.ascontiguousarray(image[..., :3].astype(np.uint8))
+
+
+def random_crop(photo: Image.Image, size: int, rng: np.random.Generator) -> Image.Image:
+    """A `size`x`size` crop of `photo` downscaled by a log-uniform factor, randomly mirrored.
+
+    Cropping a window of size/scale pixels and resizing it is the same as resizing the whole photo first,
+    only much cheaper.
+    """
+    scale = math.exp(rng.uniform(math.log(MIN_SCALE), math.log(MAX_SCALE)))
+    window = min(round(size / scale), photo.width, photo.height)
+    left = int(rng.integers(0, photo.width - window + 1))
+    top = int(rng.integers(0, photo.height - window + 1))
+    crop = photo.resize((size, size), Image.Resampling.LANCZOS, box=(left, top, left + window, top + window))
+    if rng.random() < 0.5:
+        crop = crop.transpose(Image.Transpose.FLIP_LEFT_RIGHT)
+    return crop
+
+
+def build_texture_dataset(num_images: int, size: int = 32, seed: int = 0) -> datasets.Dataset:
+    """Random crops of the bundled photographs (drawn by `PHOTOS` weight), deterministic for a seed."""
+    rng = np.random.default_rng(seed)
+    names = list(PHOTOS)
+    weights = np.array([PHOTOS[name] for name in names])
+    sources = [Image.fromarray(load_photo(name)) for name in names]
+    picks = rng.choice(len(names), size=num_images, p=weights / weights.sum())
+    images = [random_crop(sources[pick], size, rng) for pick in picks]
+    table = {"image": images, "source": [names[pick] for pick in picks]}
+    return datasets.Dataset.from_dict(table).cast_column("image", datasets.Image())
+
+
+def dataset_to_tensor(dataset: datasets.Dataset) -> torch.Tensor:
+    """All images as one uint8 (N, 3, H, W) tensor: the set is small, and indexing a tensor is fast."""
+    arrays = [np.asarray(image.convert("RGB")) for image in dataset["image"]]
+    return torch.from_numpy(np.stack(arrays)).permute(0, 3, 1, 2).contiguous()
+
+
+def make_unet(size: int = 32, block_out_channels: Sequence[int] = (16, 32, 64, 64)) -> UNet2DModel:
+    """A small UNet sized for CPU: cheap full-resolution level, attention only in the 4x4 mid block."""
+    levels = len(block_out_channels)
+    return UNet2DModel(
+        sample_size=size,
+        in_channels=3,
+        out_channels=3,
+        layers_per_block=1,
+        block_out_channels=tuple(block_out_channels),
+        down_block_types=("DownBlock2D",) * levels,
+        up_block_types=("UpBlock2D",) * levels,
+        norm_num_groups=8,
+        attention_head_dim=min(32, block_out_channels[-1]),
+    )
+
+
+def make_scheduler() -> DDPMScheduler:
+    """The noise schedule of google/ddpm-celebahq-256 (linear betas, 1000 steps, clipped x0)."""
+    return DDPMScheduler(
+        num_train_timesteps=1000,
+        beta_start=0.0001,
+        beta_end=0.02,
+        beta_schedule="linear",
+        variance_type="fixed_small",
+        clip_sample=True,
+        prediction_type="epsilon",
+    )
+
+
+def train(
+    unet: UNet2DModel,
+    scheduler: DDPMScheduler,
+    images: torch.Tensor,
+    *,
+    steps: int,
+    batch_size: int = 64,
+    learning_rate: float = 5e-4,
+    warmup_steps: int = 200,
+    ema_max_decay: float = 0.999,
+    seed: int = 0,
+    log_every: int = 100,
+) -> list[float]:
+    """Train `unet` to predict the noise added to `images` (uint8); leaves the EMA weights in `unet`.
+
+    Returns the loss of every step. Random horizontal flips are applied on top of the crops' own.
+    """
+    generator = torch.Generator().manual_seed(seed)
+    optimizer = torch.optim.AdamW(unet.parameters(), lr=learning_rate, weight_decay=1e-4)
+    lr_schedule = get_cosine_schedule_with_warmup(optimizer, warmup_steps, steps)
+    ema = EMAModel(unet.parameters(), decay=ema_max_decay, use_ema_warmup=True, power=3 / 4)
+    unet.train()
+    losses: list[float] = []
+    start = time.perf_counter()
+    progress = tqdm(range(steps), desc="pretrain", mininterval=5.0)
+    for step in progress:
+        index = torch.randint(0, len(images), (batch_size,), generator=generator)
+        clean = images[index].float() / 127.5 - 1.0
+        flip = torch.rand(batch_size, generator=generator) < 0.5
+        clean = torch.where(flip[:, None, None, None], clean.flip(-1), clean)
+        noise = torch.randn(clean.shape, generator=generator)
+        timesteps = torch.randint(0, scheduler.config.num_train_timesteps, (batch_size,), generator=generator)
+        noisy = scheduler.add_noise(clean, noise, timesteps)
+        loss = F.mse_loss(unet(noisy, timesteps).sample, noise)
+        optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_(unet.parameters(), 1.0)
+        optimizer.step()
+        lr_schedule.step()
+        ema.step(unet.parameters())
+        losses.append(loss.item())
+        if (step + 1) % log_every == 0 or step + 1 == steps:
+            recent = float(np.mean(losses[-log_every:]))
+            progress.set_postfix(loss=f"{recent:.4f}")
+            tqdm.write(f"step {step + 1}/{steps} loss {recent:.4f} elapsed {time.perf_counter() - start:.0f}s")
+    ema.copy_to(unet.parameters())
+    unet.eval()
+    return losses
+
+
+def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--output-dir", type=Path, default=Path("training/base_models/tiny-textures-32"))
+    parser.add_argument("--num-images", type=int, default=30_000, help="size of the crop data set")
+    parser.add_argument("--size", type=int, default=32)
+    parser.add_argument("--channels", type=int, nargs="+", default=[16, 32, 64, 64], help="UNet block widths")
+    parser.add_argument("--steps", type=int, default=3000)
+    parser.add_argument("--batch-size", type=int, default=32)
+    parser.add_argument("--learning-rate", type=float, default=6e-4)
+    parser.add_argument("--warmup-steps", type=int, default=200)
+    parser.add_argument("--ema-max-decay", type=float, default=0.999)
+    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--threads", type=int, default=2, help="torch CPU threads")
+    return parser.parse_args(argv)
+
+
+def main(argv: Sequence[str] | None = None) -> None:
+    args = parse_args(argv)
+    torch.set_num_threads(args.threads)
+    torch.manual_seed(args.seed)
+    start = time.perf_counter()
+    images = dataset_to_tensor(build_texture_dataset(args.num_images, args.size, args.seed))
+    print(f"data set: {len(images)} crops of {args.size}x{args.size} in {time.perf_counter() - start:.0f}s")
+    unet = make_unet(args.size, args.channels)
+    print(f"UNet: {sum(p.numel() for p in unet.parameters()) / 1e6:.2f}M parameters")
+    scheduler = make_scheduler()
+    train(
+        unet,
+        scheduler,
+        images,
+        steps=args.steps,
+        batch_size=args.batch_size,
+        learning_rate=args.learning_rate,
+        warmup_steps=args.warmup_steps,
+        ema_max_decay=args.ema_max_decay,
+        seed=args.seed,
+    )
+    DDPMPipeline(unet=unet, scheduler=scheduler).save_pretrained(args.output_dir, safe_serialization=True)
+    print(f"saved {args.output_dir} after {time.perf_counter() - start:.0f}s")
+
+
+if __name__ == "__main__":
+    main()
