@@ -21,7 +21,7 @@ from training import publish_job
 REPO_ROOT = Path(__file__).resolve().parents[1]
 FAST = [
     "--epochs", "2", "--num-samples", "8", "--sample-batch-size", "8", "--train-batch-size", "8",
-    "--num-steps", "4", "--grid-size", "4", "--grid-every", "1",
+    "--num-steps", "4", "--grid-size", "4", "--grid-every", "1", "--gradient-accumulation-steps", "1",
     "--eval-num-images", "4", "--eval-schedulers", "ddim", "--eval-num-inference-steps", "4",
 ]  # fmt: skip
 """Job flags and ddpo-train flags (passed on) that make a whole run take seconds."""

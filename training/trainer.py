@@ -19,6 +19,7 @@ from pathlib import Path
 import numpy as np
 import torch
 from accelerate import Accelerator
+from accelerate.state import AcceleratorState
 from accelerate.utils import ProjectConfiguration, set_seed
 from diffusers import UNet2DModel
 from diffusers.training_utils import EMAModel
@@ -81,6 +82,10 @@ class DDPOTrainer:
     def __init__(self, config: DDPOConfig, accelerator: Accelerator | None = None):
         self.config = config
         self.run_dir = Path(config.output_dir)
+        if accelerator is None:
+            # accelerate keeps one process-wide state; a second run in the same process (a notebook, the
+            # publish job, tests) may ask for another precision. The distributed set-up itself is kept.
+            AcceleratorState._reset_state(reset_partial_state=False)
         self.accelerator = accelerator or Accelerator(
             cpu=_several_processes_without_gpu(),
             mixed_precision=config.mixed_precision,

@@ -1,0 +1,66 @@
+"""Mean JPEG size of fixed-seed samples from a base model and a DDPO run, per sampler (run by hand).
+
+    python benchmarks/learning.py runs/tiny --num-images 64
+
+Rows: the stochastic DDIM sampler DDPO trains (eta and steps from the run's config), DDPM ancestral
+sampling, deterministic DDIM (eta 0) and PNDM, each with the same seeds for both models.
+"""
+
+from __future__ import annotations
+
+import argparse
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from training.config import DDPOConfig
+from training.evaluate import run_evaluation
+from training.jpeg import jpeg_sizes
+from training.pipelines import load_unet_and_scheduler_config
+from training.sampling import StochasticSampler
+
+
+def training_sampler_sizes(model: str, config: DDPOConfig, num_images: int) -> np.ndarray:
+    """JPEG bytes of `num_images` rollouts of the sampler DDPO optimised, from fixed noise."""
+    unet, scheduler_config = load_unet_and_scheduler_config(model)
+    sampler = StochasticSampler(scheduler_config, kind=config.scheduler, num_steps=config.num_steps, eta=config.eta)
+    size = unet.config.sample_size
+    noise = torch.randn((num_images, unet.config.in_channels, size, size), generator=torch.Generator().manual_seed(0))
+    rollout = sampler.rollout(unet.eval(), noise, generator=torch.Generator().manual_seed(1))
+    return np.asarray(jpeg_sizes(rollout.images))
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("run_dir", type=Path)
+    parser.add_argument("--num-images", type=int, default=64)
+    parser.add_argument("--ddpm-steps", type=int, default=200)
+    args = parser.parse_args()
+    config = DDPOConfig.load(args.run_dir)
+    base, model = config.base_model, str(args.run_dir)
+
+    rows = []
+    base_sizes = training_sampler_sizes(base, config, args.num_images)
+    model_sizes = training_sampler_sizes(model, config, args.num_images)
+    rows.append((f"DDIM {config.num_steps} steps, eta {config.eta} (trained)", base_sizes.mean(), model_sizes.mean()))
+    results, _ = run_evaluation(
+        model,
+        base,
+        schedulers=["ddpm", "ddim", "pndm"],
+        num_images=args.num_images,
+        num_inference_steps={"ddpm": args.ddpm_steps, "ddim": 50, "pndm": 50},
+    )
+    for entry in results["schedulers"].values():
+        label = f"{entry['name']} {entry['num_inference_steps']} steps" + (", eta 0" if entry["name"] == "DDIM" else "")
+        rows.append((label, entry["base"]["mean"], entry["model"]["mean"]))
+
+    print(f"{args.num_images} fixed-seed samples, base {base} vs {model}")
+    print("| sampler | base mean JPEG (B) | fine-tuned (B) | change |")
+    print("|---|---|---|---|")
+    for label, before, after in rows:
+        print(f"| {label} | {before:.0f} | {after:.0f} | {after / before - 1:+.1%} |")
+
+
+if __name__ == "__main__":
+    main()
