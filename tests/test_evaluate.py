@@ -14,7 +14,7 @@ from PIL import Image
 from tests.conftest import make_tiny_pipeline
 from tests.run_folder import make_run_folder
 from training import jpeg
-from training.evaluate import evaluate, generate, main, parse_num_inference_steps, push_eval_dataset, run_evaluation
+from training.evaluate import generate, main, parse_num_inference_steps, push_eval_dataset, run_evaluation
 
 STEPS = {"ddpm": 2, "ddim": 2, "pndm": 4}
 
@@ -43,13 +43,13 @@ def test_parse_num_inference_steps():
 
 def test_bad_arguments_are_rejected(tiny_pipeline_dir):
     with pytest.raises(ValueError, match="Unknown scheduler"):
-        evaluate(tiny_pipeline_dir, None, schedulers=["euler"], num_images=1)
+        run_evaluation(tiny_pipeline_dir, None, schedulers=["euler"], num_images=1)
     with pytest.raises(ValueError, match="between 1 and 1000"):
-        evaluate(tiny_pipeline_dir, None, schedulers=["ddim"], num_images=1, num_inference_steps={"ddim": 0})
+        run_evaluation(tiny_pipeline_dir, None, schedulers=["ddim"], num_images=1, num_inference_steps={"ddim": 0})
     with pytest.raises(ValueError, match="Unknown scheduler"):
-        evaluate(tiny_pipeline_dir, None, schedulers=["ddim"], num_images=1, num_inference_steps={"euler": 5})
+        run_evaluation(tiny_pipeline_dir, None, schedulers=["ddim"], num_images=1, num_inference_steps={"euler": 5})
     with pytest.raises(ValueError, match="pndm needs between 4 and 1000"):
-        evaluate(tiny_pipeline_dir, None, schedulers=["pndm"], num_images=1, num_inference_steps={"pndm": 3})
+        run_evaluation(tiny_pipeline_dir, None, schedulers=["pndm"], num_images=1, num_inference_steps={"pndm": 3})
 
 
 @pytest.mark.parametrize("batch_size", [1, 3])
@@ -73,8 +73,9 @@ def test_each_image_starts_from_the_noise_of_its_seed(tiny_pipeline_dir, batch_s
 
 def test_results_do_not_depend_on_batch_size(tiny_pipeline_dir, model_dir):
     kwargs = dict(schedulers=["ddpm", "pndm"], num_images=3, seed=4, num_inference_steps=STEPS, device="cpu")
-    assert evaluate(model_dir, tiny_pipeline_dir, batch_size=3, **kwargs) == evaluate(
-        model_dir, tiny_pipeline_dir, batch_size=2, **kwargs
+    assert (
+        run_evaluation(model_dir, tiny_pipeline_dir, batch_size=3, **kwargs)[0]
+        == run_evaluation(model_dir, tiny_pipeline_dir, batch_size=2, **kwargs)[0]
     )
 
 
@@ -122,7 +123,9 @@ def test_statistics_match_an_independent_measurement(tiny_pipeline_dir, model_di
 
 
 def test_model_alone_has_no_base_entries(tiny_pipeline_dir):
-    results = evaluate(tiny_pipeline_dir, None, schedulers=["ddim"], num_images=1, num_inference_steps={"ddim": 1})
+    results, _ = run_evaluation(
+        tiny_pipeline_dir, None, schedulers=["ddim"], num_images=1, num_inference_steps={"ddim": 1}
+    )
     assert results["base"] is None
     assert set(results["schedulers"]["ddim"]) == {"name", "num_inference_steps", "model"}
 

@@ -159,7 +159,12 @@ def run_evaluation(
     device: str | None = None,
     revision: str | None = None,
 ) -> tuple[dict, Samples]:
-    """Like `evaluate`, but also return the images, for grids and the optional Hub dataset."""
+    """JPEG byte statistics of `num_images` fixed-seed samples of `model` (and `base`), per scheduler.
+
+    Returns the evaluation JSON (schema in the module docstring) and the images, for grids and the
+    optional Hub dataset. `base=None` evaluates the model alone. Raises `ModelLoadError` for a model that
+    cannot be loaded and `ValueError` for a bad scheduler name, step count or image count.
+    """
     if num_images < 1:
         raise ValueError("num_images must be at least 1.")
     if batch_size < 1:
@@ -295,38 +300,6 @@ def _display_name(model: str | None) -> str | None:
         return None
     path = Path(model)
     return path.name if path.exists() else model
-
-
-def evaluate(
-    model: str,
-    base: str | None,
-    *,
-    schedulers: Sequence[str],
-    num_images: int,
-    seed: int = 0,
-    num_inference_steps: dict[str, int] | None = None,
-    batch_size: int = 16,
-    device: str | None = None,
-    revision: str | None = None,
-) -> dict:
-    """JPEG byte statistics of `num_images` fixed-seed samples of `model` (and `base`), per scheduler.
-
-    Returns the evaluation JSON (schema in the module docstring; no "grid" entries). `base=None`
-    evaluates the model alone. Raises `ModelLoadError` for a model that cannot be loaded and
-    `ValueError` for a bad scheduler name, step count or image count.
-    """
-    results, _ = run_evaluation(
-        model,
-        base,
-        schedulers=schedulers,
-        num_images=num_images,
-        seed=seed,
-        num_inference_steps=num_inference_steps,
-        batch_size=batch_size,
-        device=device,
-        revision=revision,
-    )
-    return results
 
 
 def default_base_model(model: str, *, revision: str | None = None) -> str | None:
