@@ -185,7 +185,7 @@ class DDPOTrainer:
             config.save(self.run_dir)
             truncate_metrics(self.run_dir, self.progress.epoch)
             if not grid_path(self.run_dir, 0).exists():
-                self._save_grid(0)
+                self._save_grid(0, self._plain_unet())
         accelerator.init_trackers("ddpo", config=_scalar_items(config.to_dict()))
         logger.info(
             "Training %s for %d epochs: %d samples/epoch, %d-step %s rollouts, %d of %d steps trained "
@@ -409,10 +409,9 @@ class DDPOTrainer:
     # --- outputs -----------------------------------------------------------------------------------------
 
     @torch.no_grad()
-    def _save_grid(self, epoch: int) -> None:
+    def _save_grid(self, epoch: int, unet: UNet2DModel) -> None:
         """Sample the fixed-seed grid (same noise every time), so grids of different epochs pair up."""
         config = self.config
-        unet = self._plain_unet()
         unet.eval()
         noise = torch.randn((config.grid_size, *self.sample_shape), generator=_generator(config.seed, GRID, 0))
         rollout = self.sampler.rollout(
@@ -430,9 +429,10 @@ class DDPOTrainer:
         config, accelerator = self.config, self.accelerator
         accelerator.wait_for_everyone()
         if self.is_main:
-            save_pipeline(self._plain_unet(), self.scheduler_config, self.run_dir)
+            unet = self._plain_unet()  # a merged copy when EMA or LoRA is on: build it once per save
+            save_pipeline(unet, self.scheduler_config, self.run_dir)
             if epoch % config.grid_every == 0 or epoch == config.epochs:
-                self._save_grid(epoch)
+                self._save_grid(epoch, unet)
             write_run_info(self.run_dir, hardware=self._hardware(), progress=self.progress)
         accelerator.project_configuration.iteration = epoch
         accelerator.save_state()
