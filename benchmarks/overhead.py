@@ -79,7 +79,7 @@ def main() -> None:
 
         def ddpo_update() -> None:
             epoch_samples, rewards, *_ = samples["epoch"]
-            epoch_samples.advantages = torch.randn(len(rewards))
+            epoch_samples.advantages = torch.randn(len(rewards)).to(device)
             trainer._train_epoch(1, epoch_samples)
 
         num_updates = trainer.num_train_timesteps

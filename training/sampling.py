@@ -50,6 +50,16 @@ class Rollout:
         return self.latents[:, -1]
 
 
+@dataclass
+class _StepTables:
+    """Per-step constants of a sampler, indexed by step index, on one device."""
+
+    timesteps: torch.Tensor
+    alpha_prod: torch.Tensor
+    alpha_prod_prev: torch.Tensor
+    std: torch.Tensor
+
+
 class StochasticSampler:
     """DDIM (eta > 0) or DDPM ancestral sampling whose steps can be re-scored exactly."""
 
@@ -79,6 +89,19 @@ class StochasticSampler:
         self.final_alpha_cumprod = torch.as_tensor(1.0 if final is None else final, dtype=torch.float32)
         self.step_std = self._std(self.timesteps, self.prev_timesteps)
         self.trainable = self.step_std > 0
+        self._step_tables: dict[torch.device, _StepTables] = {}
+
+    def step_tables(self, device: torch.device | str) -> _StepTables:
+        """Per-step constants on `device`, built once: indexing them needs no host-device copy (no GPU sync)."""
+        device = torch.device(device)
+        if device not in self._step_tables:
+            self._step_tables[device] = _StepTables(
+                timesteps=self.timesteps.to(device),
+                alpha_prod=self._alpha_prod(self.timesteps).to(device),
+                alpha_prod_prev=self._alpha_prod(self.prev_timesteps).to(device),
+                std=self.step_std.to(device),
+            )
+        return self._step_tables[device]
 
     # --- the Gaussian policy of one step ---------------------------------------------------------------
 
@@ -98,10 +121,11 @@ class StochasticSampler:
     def step_mean(self, model_output: torch.Tensor, sample: torch.Tensor, step_index: torch.Tensor) -> torch.Tensor:
         """Mean of x_{t-1} given x_t (float32), per sample: `step_index` has shape (B,)."""
         config = self.scheduler.config
-        timesteps, prev = self.timesteps[step_index], self.prev_timesteps[step_index]
+        tables = self.step_tables(sample.device)
+        step_index = step_index.to(sample.device)
         shape = (-1,) + (1,) * (sample.ndim - 1)
-        alpha_t = self._alpha_prod(timesteps).view(shape).to(sample.device)
-        alpha_prev = self._alpha_prod(prev).view(shape).to(sample.device)
+        alpha_t = tables.alpha_prod[step_index].view(shape)
+        alpha_prev = tables.alpha_prod_prev[step_index].view(shape)
         beta_t = 1 - alpha_t
         model_output = model_output.float()
         if config.prediction_type == "epsilon":
@@ -118,7 +142,7 @@ class StochasticSampler:
         if config.clip_sample:
             x0 = x0.clamp(-config.clip_sample_range, config.clip_sample_range)
         if self.kind == "ddim":  # DDIM eq. 12, the "direction pointing to x_t" uses the unclipped epsilon
-            std = self.step_std[step_index].view(shape).to(sample.device)
+            std = tables.std[step_index].view(shape)
             return alpha_prev.sqrt() * x0 + (1 - alpha_prev - std**2).clamp(min=0).sqrt() * epsilon
         current_alpha = alpha_t / alpha_prev  # DDPM eq. 7
         return (alpha_prev.sqrt() * (1 - current_alpha) / beta_t) * x0 + (
@@ -131,7 +155,7 @@ class StochasticSampler:
         Deterministic steps (std 0) get 0; they are never trained on.
         """
         shape = (-1,) + (1,) * (mean.ndim - 1)
-        std = self.step_std[step_index].to(mean.device)
+        std = self.step_tables(mean.device).std[step_index.to(mean.device)]
         safe_std = torch.where(std > 0, std, torch.ones_like(std)).view(shape)
         density = -((next_sample.float() - mean) ** 2) / (2 * safe_std**2) - safe_std.log() - LOG_SQRT_2PI
         return torch.where(std > 0, density.mean(dim=tuple(range(1, mean.ndim))), torch.zeros_like(std))
@@ -144,8 +168,9 @@ class StochasticSampler:
         autocast: Callable[[], AbstractContextManager] = nullcontext,
     ) -> torch.Tensor:
         """Run the UNet (inside a fresh `autocast()` context) and turn its output into the step's float32 mean."""
+        step_index = step_index.to(sample.device)
         with autocast():
-            model_output = unet(sample, self.timesteps[step_index].to(sample.device)).sample
+            model_output = unet(sample, self.step_tables(sample.device).timesteps[step_index]).sample
         return self.step_mean(model_output, sample, step_index)
 
     def score_step(
@@ -180,16 +205,19 @@ class StochasticSampler:
         chunk = forward_batch_size or batch
         sample = noise.float()
         latents, log_probs = [sample], []
+        # A CPU generator on a GPU run draws into pinned memory and copies without waiting, so nothing in
+        # this loop blocks the host and the noise of each step is drawn while the GPU runs the UNet.
+        pin = generator.device.type == "cpu" and sample.device.type == "cuda"
         for index in tqdm(range(self.num_steps), desc="sampling steps", leave=False, disable=not progress):
-            step_index = torch.full((batch,), index, dtype=torch.long)
+            step_index = torch.full((batch,), index, dtype=torch.long, device=sample.device)
             mean = torch.cat(
                 [
                     self.predict_mean(unet, part, part_index, autocast)
                     for part, part_index in zip(sample.split(chunk), step_index.split(chunk), strict=True)
                 ]
             )
-            step_noise = torch.randn(sample.shape, generator=generator, device=generator.device)
-            next_sample = mean + self.step_std[index].item() * step_noise.to(sample.device)
+            step_noise = torch.randn(sample.shape, generator=generator, device=generator.device, pin_memory=pin)
+            next_sample = mean + self.step_std[index].item() * step_noise.to(sample.device, non_blocking=pin)
             log_probs.append(self.log_prob(next_sample, mean, step_index))
             latents.append(next_sample)
             sample = next_sample

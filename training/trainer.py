@@ -121,6 +121,7 @@ class DDPOTrainer:
             *[obj for obj in (self.progress, self.tracker, self.ema) if obj is not None]
         )
         self.sample_shape = (unet.config.in_channels, *_spatial_size(unet))
+        self._nonfinite_losses = torch.zeros((), device=self.accelerator.device)  # since the epoch began
         self.publisher: HubPublisher | None = None
 
     # --- set-up -----------------------------------------------------------------------------------------
@@ -246,7 +247,7 @@ class DDPOTrainer:
         gathered_bytes = accelerator.gather(torch.as_tensor(jpeg_bytes, device=accelerator.device)).cpu().numpy()
         advantages = compute_advantages(gathered_rewards, config.adv_clip_max, self.tracker)
         local = slice(accelerator.process_index * len(rewards), (accelerator.process_index + 1) * len(rewards))
-        samples.advantages = torch.as_tensor(advantages[local], dtype=torch.float32)
+        samples.advantages = torch.as_tensor(advantages[local], dtype=torch.float32, device=accelerator.device)
 
         training_started = time.perf_counter()
         stats = self._train_epoch(epoch, samples)
@@ -325,12 +326,13 @@ class DDPOTrainer:
 
     def _train_epoch(self, epoch: int, samples: EpochSamples) -> dict[str, float]:
         config, accelerator = self.config, self.accelerator
-        rank = accelerator.process_index
+        rank, device = accelerator.process_index, accelerator.device
         trainable = torch.nonzero(self.sampler.trainable).squeeze(1)
         num_samples = samples.latents.shape[0]
         num_minibatches = num_samples // config.train_batch_size
-        totals = torch.zeros(3, device=accelerator.device)  # loss, approx_kl, clipfrac: synced once per epoch
+        totals = torch.zeros(3, device=device)  # loss, approx_kl, clipfrac: synced once per epoch
         count = 0
+        self._nonfinite_losses.zero_()
         self.unet.train()
         bar = tqdm(
             total=config.num_inner_epochs * num_minibatches * self.num_train_timesteps,
@@ -345,9 +347,10 @@ class DDPOTrainer:
             minibatch_order = torch.randperm(num_minibatches, generator=generator)
             step_order = torch.stack(
                 [trainable[torch.randperm(len(trainable), generator=generator)] for _ in range(num_samples)]
-            )[:, : self.num_train_timesteps]
+            )[:, : self.num_train_timesteps].to(device)
             for minibatch in minibatch_order.tolist():
-                rows = torch.arange(minibatch * config.train_batch_size, (minibatch + 1) * config.train_batch_size)
+                start = minibatch * config.train_batch_size
+                rows = torch.arange(start, start + config.train_batch_size, device=device)
                 for column in range(self.num_train_timesteps):
                     step_index = step_order[rows, column]
                     totals += self._train_step(samples, rows, step_index, epoch)
@@ -362,20 +365,20 @@ class DDPOTrainer:
     ) -> torch.Tensor:
         """One PPO-clipped policy-gradient step on one timestep of a minibatch; returns (loss, kl, clipfrac)."""
         config, accelerator = self.config, self.accelerator
-        device = accelerator.device
-        sample = samples.latents[rows, step_index].to(device)
-        next_sample = samples.latents[rows, step_index + 1].to(device)
-        old_log_prob = samples.log_probs[rows, step_index].to(device)
-        advantages = samples.advantages[rows].to(device)
+        sample = samples.latents[rows, step_index]
+        next_sample = samples.latents[rows, step_index + 1]
+        old_log_prob = samples.log_probs[rows, step_index]
+        advantages = samples.advantages[rows]
         with accelerator.accumulate(self.unet):
             log_prob = self.sampler.score_step(self.unet, sample, step_index, next_sample, accelerator.autocast)
             ratio = torch.exp(log_prob - old_log_prob)
             unclipped = -advantages * ratio
             clipped = -advantages * torch.clamp(ratio, 1.0 - config.clip_range, 1.0 + config.clip_range)
             loss = torch.maximum(unclipped, clipped).mean()
-            self._check_finite(loss, epoch)
+            self._nonfinite_losses += (~torch.isfinite(loss.detach())).float()
             accelerator.backward(loss)
             if accelerator.sync_gradients:
+                self._check_finite(epoch)
                 accelerator.clip_grad_norm_(self.unet.parameters(), config.max_grad_norm)
             self.optimizer.step()
             self.optimizer.zero_grad()
@@ -392,16 +395,20 @@ class DDPOTrainer:
                 ]
             )
 
-    def _check_finite(self, loss: torch.Tensor, epoch: int) -> None:
-        """Stop before a NaN/inf loss reaches the weights; every process stops together (one sync per step)."""
-        bad = (~torch.isfinite(loss.detach())).float()
+    def _check_finite(self, epoch: int) -> None:
+        """Stop before a NaN/inf loss reaches the weights; every process stops together.
+
+        Checked once per optimizer step (one host sync), just before the accumulated gradients are applied.
+        """
+        bad = self._nonfinite_losses
         if self.accelerator.num_processes > 1:
-            bad = self.accelerator.reduce(bad, reduction="sum")
+            bad = self.accelerator.reduce(bad.clone(), reduction="sum")
         if bad.item() > 0:
             last = self.progress.epoch
             where = f"checkpoint_{last} in {self.run_dir / 'checkpoints'}" if last else "none: no epoch completed"
             raise TrainingDivergedError(
-                f"The DDPO loss became {loss.item()} during epoch {epoch}; training stopped before applying it. "
+                f"The DDPO loss became NaN or infinite during epoch {epoch} ({int(bad.item())} of the steps "
+                "accumulated for one optimizer step); training stopped before applying them. "
                 f"The last good checkpoint is {where} (the run folder's pipeline is from epoch {last}). "
                 "Resume with --resume latest and a lower --learning-rate or --mixed-precision no."
             )
