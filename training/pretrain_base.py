@@ -142,7 +142,7 @@ def train(
     images = images.to(device)
     optimizer = torch.optim.AdamW(unet.parameters(), lr=learning_rate, weight_decay=1e-4)
     lr_schedule = get_cosine_schedule_with_warmup(optimizer, warmup_steps, steps)
-    ema = EMAModel(unet.parameters(), decay=ema_max_decay, use_ema_warmup=True, power=3 / 4, foreach=True)
+    ema = EMAModel(unet.parameters(), decay=ema_max_decay, use_ema_warmup=True, power=3 / 4)
     unet.train()
     losses: list[torch.Tensor] = []  # kept on the device: reading each one would wait for the GPU every step
     start = time.perf_counter()
