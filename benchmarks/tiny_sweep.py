@@ -23,32 +23,30 @@ from training.checkpoints import read_metrics
 from training.cli import parse_config
 from training.config import DDPOConfig
 
+EARLIER = ["--num-samples", "64", "--epochs", "20", "--gradient-accumulation-steps", "2", "--timestep-fraction", "1"]
+"""The `tiny` preset before this sweep (20 epochs of 64 samples, all timesteps); most candidates vary it."""
+
 CANDIDATES: dict[str, list[str]] = {
     "preset": [],
-    "lr-1e-5": ["--learning-rate", "1e-5"],
-    "lr-1e-4": ["--learning-rate", "1e-4"],
-    "accum-1": ["--gradient-accumulation-steps", "1"],
-    "inner-2": ["--num-inner-epochs", "2"],
-    "half-timesteps-32ep": ["--timestep-fraction", "0.5", "--epochs", "32"],
-    "stat-tracking": ["--stat-tracking"],
-    "samples-128-10ep": ["--num-samples", "128", "--epochs", "10", "--gradient-accumulation-steps", "4"],
-    "adam-eps-1e-6-lr-1e-4": ["--adam-epsilon", "1e-6", "--learning-rate", "1e-4"],
-    "adam-eps-1e-5-lr-3e-4": ["--adam-epsilon", "1e-5", "--learning-rate", "3e-4"],
-    "lora-3e-4": ["--use-lora", "--learning-rate", "3e-4"],
-    "lora-1e-3": ["--use-lora", "--learning-rate", "1e-3"],
-    "lora-3e-3": ["--use-lora", "--learning-rate", "3e-3"],
-    "lora-1e-3-accum-1": ["--use-lora", "--learning-rate", "1e-3", "--gradient-accumulation-steps", "1"],
-    "samples-128-half-timesteps-16ep": [
-        *("--num-samples", "128", "--epochs", "16", "--gradient-accumulation-steps", "4"),
-        *("--timestep-fraction", "0.5"),
-    ],
-    "samples-128-half-timesteps-16ep-lr-5e-5": [
-        *("--num-samples", "128", "--epochs", "16", "--gradient-accumulation-steps", "4"),
-        *("--timestep-fraction", "0.5", "--learning-rate", "5e-5"),
-    ],
-    "epochs-40": ["--epochs", "40"],
-    "epochs-40-lr-1e-4": ["--epochs", "40", "--learning-rate", "1e-4"],
+    "earlier-preset": EARLIER,
+    "lr-1e-5": [*EARLIER, "--learning-rate", "1e-5"],
+    "lr-1e-4": [*EARLIER, "--learning-rate", "1e-4"],
+    "accum-1": [*EARLIER, "--gradient-accumulation-steps", "1"],
+    "inner-2": [*EARLIER, "--num-inner-epochs", "2"],
+    "half-timesteps-32ep": [*EARLIER, "--timestep-fraction", "0.5", "--epochs", "32"],
+    "stat-tracking": [*EARLIER, "--stat-tracking"],
+    "samples-128-10ep": [*EARLIER, "--num-samples", "128", "--epochs", "10", "--gradient-accumulation-steps", "4"],
+    "adam-eps-1e-6-lr-1e-4": [*EARLIER, "--adam-epsilon", "1e-6", "--learning-rate", "1e-4"],
+    "adam-eps-1e-5-lr-3e-4": [*EARLIER, "--adam-epsilon", "1e-5", "--learning-rate", "3e-4"],
+    "lora-3e-4": [*EARLIER, "--use-lora", "--learning-rate", "3e-4"],
+    "lora-1e-3": [*EARLIER, "--use-lora", "--learning-rate", "1e-3"],
+    "lora-3e-3": [*EARLIER, "--use-lora", "--learning-rate", "3e-3"],
+    "lora-1e-3-accum-1": [*EARLIER, "--use-lora", "--learning-rate", "1e-3", "--gradient-accumulation-steps", "1"],
+    "epochs-40": [*EARLIER, "--epochs", "40"],
+    "epochs-40-lr-1e-4": [*EARLIER, "--epochs", "40", "--learning-rate", "1e-4"],
+    "preset-lr-5e-5": ["--learning-rate", "5e-5"],
 }
+"""Later flags win, so each candidate is the earlier preset (or the current one) with its own changes."""
 
 
 def unet_passes(config: DDPOConfig) -> int:
@@ -112,7 +110,9 @@ def main() -> None:
             continue
         last = read_metrics(run_dir)[-1]
         cost = unet_passes(config) / unet_passes(preset)
-        flags = " ".join(CANDIDATES[name])
+        flags = " ".join(
+            CANDIDATES[name][len(EARLIER) :] if CANDIDATES[name][: len(EARLIER)] == EARLIER else CANDIDATES[name]
+        )
         print(
             f"| {name} | {flags} | {cost:.2f}x | {last['epoch']}/{config.epochs} | {wall.get(name, 0):.0f} "
             f"| {last['jpeg_bytes_mean']:.0f} | {mean:.0f} "
