@@ -55,7 +55,8 @@ def main() -> None:
         label = f"{entry['name']} {entry['num_inference_steps']} steps" + (", eta 0" if entry["name"] == "DDIM" else "")
         rows.append((label, entry["base"]["mean"], entry["model"]["mean"]))
 
-    print(f"{args.num_images} fixed-seed samples, base {base} vs {model}")
+    shown = Path(base).relative_to(Path.cwd()) if Path(base).is_relative_to(Path.cwd()) else base
+    print(f"{args.num_images} fixed-seed samples, base {shown} vs {model}")
     print("| sampler | base mean JPEG (B) | fine-tuned (B) | change |")
     print("|---|---|---|---|")
     for label, before, after in rows:
