@@ -21,7 +21,7 @@ import torch
 from diffusers import DDPMPipeline, DDPMScheduler, UNet2DModel
 
 from training.checkpoints import read_metrics
-from training.config import DDPOConfig, resolve_config
+from training.config import resolve_config
 from training.trainer import DDPOTrainer
 
 REFERENCE = Path(__file__).resolve().parents[1] / "tests" / "data" / "ddpm-celebahq-256-config"
@@ -34,11 +34,13 @@ def build_random_celebahq(folder: Path) -> Path:
     return folder
 
 
-def rescoring_drift(config: DDPOConfig) -> float:
-    """Largest |ratio - 1| when the trainer re-scores its own fresh rollout (one training batch, all steps)."""
-    trainer = DDPOTrainer(config)
+def rescoring_drift(trainer: DDPOTrainer) -> float:
+    """Largest |ratio - 1| when the trainer re-scores its own fresh rollout (one training batch, all steps).
+
+    Nothing is back-propagated or stepped, so the trainer can train afterwards as if fresh.
+    """
     accelerator, sampler = trainer.accelerator, trainer.sampler
-    batch = config.train_batch_size
+    batch = trainer.config.train_batch_size
     noise = torch.randn((batch, *trainer.sample_shape), generator=torch.Generator().manual_seed(0))
     unet = accelerator.unwrap_model(trainer.unet).eval()
     rollout = sampler.rollout(
@@ -79,10 +81,10 @@ def main() -> None:
                 checkpoints_total_limit=1,
             ),
         )
-        drift = rescoring_drift(config)
+        trainer = DDPOTrainer(config)
+        drift = rescoring_drift(trainer)
         if torch.cuda.is_available():
             torch.cuda.reset_peak_memory_stats()
-        trainer = DDPOTrainer(config)
         trainer.train()
         rows = read_metrics(config.output_dir)
     last = rows[-1]

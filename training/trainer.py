@@ -403,11 +403,12 @@ class DDPOTrainer:
         bad = self._nonfinite_losses
         if self.accelerator.num_processes > 1:
             bad = self.accelerator.reduce(bad.clone(), reduction="sum")
-        if bad.item() > 0:
+        num_bad = int(bad.item())
+        if num_bad:
             last = self.progress.epoch
             where = f"checkpoint_{last} in {self.run_dir / 'checkpoints'}" if last else "none: no epoch completed"
             raise TrainingDivergedError(
-                f"The DDPO loss became NaN or infinite during epoch {epoch} ({int(bad.item())} of the steps "
+                f"The DDPO loss became NaN or infinite during epoch {epoch} ({num_bad} of the steps "
                 "accumulated for one optimizer step); training stopped before applying them. "
                 f"The last good checkpoint is {where} (the run folder's pipeline is from epoch {last}). "
                 "Resume with --resume latest and a lower --learning-rate or --mixed-precision no."
