@@ -21,14 +21,18 @@ from training.pipelines import load_unet_and_scheduler_config
 from training.sampling import StochasticSampler
 
 
-def training_sampler_sizes(model: str, config: DDPOConfig, num_images: int) -> np.ndarray:
-    """JPEG bytes of `num_images` rollouts of the sampler DDPO optimised, from fixed noise."""
+def training_sampler_images(model: str, config: DDPOConfig, num_images: int) -> torch.Tensor:
+    """`num_images` rollouts (in [-1, 1]) of the sampler DDPO optimised, from fixed noise."""
     unet, scheduler_config = load_unet_and_scheduler_config(model)
     sampler = StochasticSampler(scheduler_config, kind=config.scheduler, num_steps=config.num_steps, eta=config.eta)
     size = unet.config.sample_size
     noise = torch.randn((num_images, unet.config.in_channels, size, size), generator=torch.Generator().manual_seed(0))
-    rollout = sampler.rollout(unet.eval(), noise, generator=torch.Generator().manual_seed(1))
-    return np.asarray(jpeg_sizes(rollout.images))
+    return sampler.rollout(unet.eval(), noise, generator=torch.Generator().manual_seed(1)).images
+
+
+def training_sampler_sizes(model: str, config: DDPOConfig, num_images: int) -> np.ndarray:
+    """JPEG bytes of `num_images` rollouts of the sampler DDPO optimised, from fixed noise."""
+    return np.asarray(jpeg_sizes(training_sampler_images(model, config, num_images)))
 
 
 def main() -> None:

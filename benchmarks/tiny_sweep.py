@@ -45,6 +45,9 @@ CANDIDATES: dict[str, list[str]] = {
     "epochs-40": [*EARLIER, "--epochs", "40"],
     "epochs-40-lr-1e-4": [*EARLIER, "--epochs", "40", "--learning-rate", "1e-4"],
     "preset-lr-5e-5": ["--learning-rate", "5e-5"],
+    "eta-0.7": ["--eta", "0.7"],
+    "eta-0.5": ["--eta", "0.5"],
+    "eta-0.3": ["--eta", "0.3"],
 }
 """Later flags win, so each candidate is the earlier preset (or the current one) with its own changes."""
 
@@ -94,10 +97,12 @@ def main() -> None:
                     print(f"{name} failed ({process.returncode}); see {args.output_dir / name / 'train.log'}")
 
     preset = parse_config(["--preset", "tiny"])
-    base_mean = training_sampler_sizes(preset.base_model, preset, 64).mean()
-    print("| candidate | flags | cost | epochs | wall (s) | last epoch's samples (B) | 64 fixed seeds (B) | vs base |")
-    print("|---|---|---|---|---|---|---|---|")
-    print(f"| base | | | | | | {base_mean:.0f} | |")
+    base_means: dict[tuple, float] = {}
+    print(
+        "| candidate | flags | cost | epochs | wall (s) | last epoch's samples (B) "
+        "| 64 fixed seeds, base (B) | 64 fixed seeds (B) | vs base |"
+    )
+    print("|---|---|---|---|---|---|---|---|---|")
     for name in names:
         run_dir = args.output_dir / name
         if not (run_dir / "model_index.json").exists():
@@ -108,6 +113,10 @@ def main() -> None:
         except (OSError, ValueError) as error:  # stopped while saving (ModelLoadError is a ValueError)
             print(f"| {name} | could not be evaluated: {error} |")
             continue
+        sampler = (config.base_model, config.scheduler, config.num_steps, config.eta)
+        if sampler not in base_means:  # the base, sampled as this candidate samples (eta and steps may differ)
+            base_means[sampler] = training_sampler_sizes(config.base_model, config, 64).mean()
+        base_mean = base_means[sampler]
         last = read_metrics(run_dir)[-1]
         cost = unet_passes(config) / unet_passes(preset)
         flags = " ".join(
@@ -115,7 +124,7 @@ def main() -> None:
         )
         print(
             f"| {name} | {flags} | {cost:.2f}x | {last['epoch']}/{config.epochs} | {wall.get(name, 0):.0f} "
-            f"| {last['jpeg_bytes_mean']:.0f} | {mean:.0f} "
+            f"| {last['jpeg_bytes_mean']:.0f} | {base_mean:.0f} | {mean:.0f} "
             f"| {mean / base_mean - 1:+.1%} |"
         )
 
