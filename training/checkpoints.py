@@ -1,13 +1,13 @@
 """The run folder: the latest pipeline, metrics, sample grids, run facts and resumable training state.
 
-    output_dir/
-      model_index.json, unet/, scheduler/   the latest DDPMPipeline (stock diffusers layout)
-      ddpo_config.json                      the resolved config
-      run_info.json                         hardware, library versions, wall time
-      metrics.jsonl                         one line per epoch
-      samples/epoch_0000.png ...            grids from fixed seeds (0000 = the base model)
-      logs/                                 TensorBoard
-      checkpoints/checkpoint_<epoch>/       accelerate state (weights, optimizer, RNG, progress)
+output_dir/
+  model_index.json, unet/, scheduler/   the latest DDPMPipeline (stock diffusers layout)
+  ddpo_config.json                      the resolved config
+  run_info.json                         hardware, library versions, wall time
+  metrics.jsonl                         one line per epoch
+  samples/epoch_0000.png ...            grids from fixed seeds (0000 = the base model)
+  logs/                                 TensorBoard
+  checkpoints/checkpoint_<epoch>/       accelerate state (weights, optimizer, RNG, progress)
 """
 
 from __future__ import annotations

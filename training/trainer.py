@@ -484,4 +484,3 @@ def _scalar_items(values: dict) -> dict:
 def train(config: DDPOConfig) -> Path:
     """Fine-tune with DDPO as configured; returns the run folder."""
     return DDPOTrainer(config).train()
-
