@@ -23,7 +23,8 @@ from PIL import Image
 
 from model_card import figures
 from training import jpeg
-from training.checkpoints import read_metrics
+from training.checkpoints import RUN_INFO_FILENAME, SAMPLES_DIRNAME, read_metrics
+from training.config import CONFIG_FILENAME
 from training.pipelines import SCHEDULERS
 
 TEMPLATE_PATH = Path(__file__).with_name("template.md")
@@ -101,13 +102,13 @@ def jpeg_summary(rows: Sequence[dict], epoch: int | None = None) -> JpegSummary 
 def load_run(run_dir: Path) -> Run:
     """Read a run folder; only `ddpo_config.json` is required."""
     run_dir = Path(run_dir)
-    config_path = run_dir / "ddpo_config.json"
+    config_path = run_dir / CONFIG_FILENAME
     if not config_path.is_file():
-        raise RunFolderError(f"{run_dir} is not a ddpo training run folder: it has no ddpo_config.json.")
-    info_path = run_dir / "run_info.json"
+        raise RunFolderError(f"{run_dir} is not a ddpo training run folder: it has no {CONFIG_FILENAME}.")
+    info_path = run_dir / RUN_INFO_FILENAME
     samples = sorted(
         (int(match.group(1)), path)
-        for path in (run_dir / "samples").glob("epoch_*.png")
+        for path in (run_dir / SAMPLES_DIRNAME).glob("epoch_*.png")
         if (match := _SAMPLE_NAME.match(path.name))
     )
     return Run(
