@@ -81,6 +81,23 @@ def test_deterministic_last_step_has_zero_log_prob_and_no_nan(pipeline):
     assert torch.isfinite(rollout.log_probs).all()
 
 
+def test_steps_with_tiny_noise_are_recorded_but_not_trained(pipeline):
+    config = dict(pipeline.scheduler.config)
+    sampler = StochasticSampler(config, kind="ddim", num_steps=20, eta=1.0, min_train_std=0.05)
+    reference = DDIMScheduler.from_config(config)
+    reference.set_timesteps(20)
+    step = config["num_train_timesteps"] // 20
+    std = torch.stack([reference._get_variance(t, t - step).sqrt() for t in reference.timesteps]).float()
+    torch.testing.assert_close(sampler.step_std, std)
+    assert torch.equal(sampler.trainable, std > 0.05)
+    # On DDPM's schedule only the last stochastic step (t = 50 -> 0, std ~0.01) and the final one drop out.
+    assert sampler.trainable[:-2].all() and not sampler.trainable[-2:].any()
+    assert 0 < std[-2] < 0.05 < std[-3]
+    rollout = sampler.rollout(pipeline.unet, _noise((2, 3, 16, 16), 0), generator=torch.Generator().manual_seed(0))
+    assert (rollout.log_probs[:, -2] != 0).all(), "an untrained stochastic step still records its log-prob"
+    assert torch.equal(rollout.trainable, sampler.trainable)
+
+
 @pytest.mark.parametrize("precision", ["fp32", "bf16"])
 def test_rescoring_recorded_steps_gives_ratio_exactly_one(pipeline, precision):
     """Per-sample shuffled timesteps, re-scored in the sampler's forward chunks as the trainer does."""

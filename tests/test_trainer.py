@@ -143,6 +143,8 @@ def test_nan_loss_stops_and_names_the_last_good_checkpoint(tiny_pipeline_dir, tm
         (["--num-samples", "6"], "must be a multiple of --sample-batch-size"),
         (["--train-batch-size", "3"], "must divide --sample-batch-size"),
         (["--eta", "0"], "--eta must be in (0, 1]"),
+        (["--min-train-std", "-0.1"], "--min-train-std must be in [0, 1)"),
+        (["--min-train-std", "0.9", "--num-steps", "4"], "No step of the 4-step ddim sampler has a noise std above"),
         (["--preset", "huge"], "Unknown preset 'huge'"),
         (["--base-model", "./no/such/folder"], "No such model folder"),
     ],

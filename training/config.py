@@ -67,7 +67,13 @@ class DDPOConfig:
     num_inner_epochs: int = 1
     """Passes over each epoch's samples."""
     timestep_fraction: float = 1.0
-    """Fraction of each trajectory's stochastic steps trained on, chosen at random per sample."""
+    """Fraction of each trajectory's trainable steps trained on, chosen at random per sample."""
+    min_train_std: float = 0.05
+    """Steps whose noise std is at most this are not trained on (0 trains every stochastic step).
+
+    A step's log-prob gradient grows as 1/std while noise that small barely moves the reward: on DDPM
+    schedules the last stochastic step (std ~0.01) would otherwise swamp the update with noise.
+    """
     clip_range: float = 1e-4
     """PPO clip range of the importance ratio."""
     adv_clip_max: float = 5.0
@@ -146,6 +152,8 @@ class DDPOConfig:
             raise ValueError(f"--eta must be in (0, 1] for DDPO's stochastic DDIM rollouts, got {self.eta}.")
         if not 0.0 < self.timestep_fraction <= 1.0:
             raise ValueError(f"--timestep-fraction must be in (0, 1], got {self.timestep_fraction}.")
+        if not 0.0 <= self.min_train_std < 1.0:
+            raise ValueError(f"--min-train-std must be in [0, 1), got {self.min_train_std}.")
         if self.mixed_precision not in ("no", "fp16", "bf16"):
             raise ValueError(f"--mixed-precision must be 'no', 'fp16' or 'bf16', got {self.mixed_precision!r}.")
         if self.learning_rate <= 0 or self.clip_range <= 0 or self.adv_clip_max <= 0:
@@ -193,15 +201,17 @@ PRESETS: dict[str, dict[str, Any]] = {
         num_steps=20,
         eta=1.0,
         # One small optimizer step per epoch on 128 samples, each trained on half its timesteps: the best of
-        # the settings `benchmarks/tiny_sweep.py` compared at this cost; the samples stop shrinking after
-        # about 10 epochs, so 12 is enough. On this 1M-parameter model, larger
-        # learning rates, smaller batches or several steps per epoch perturb all weights more than the
-        # reward's gradient directs them, and the images get busier (larger JPEGs), not simpler.
+        # the settings `benchmarks/tiny_sweep.py` compared at this cost. The last two stochastic steps
+        # (std 0.149 and 0.010) are not trained: their gradients are 3x and 36x the median step's
+        # (`benchmarks/step_gradients.py`) and mostly noise; without them the samples end 5% smaller
+        # (908 B vs 960 B) and stop shrinking after about 12 epochs. Larger learning rates, smaller
+        # batches or several steps per epoch perturb the weights more than the reward directs them.
         num_samples=128,
         sample_batch_size=32,
         train_batch_size=32,
         gradient_accumulation_steps=4,
         timestep_fraction=0.5,
+        min_train_std=0.2,
         learning_rate=3e-5,
         clip_range=1e-4,
         grid_every=4,

@@ -15,6 +15,11 @@ The final step has a standard deviation of exactly 0 whenever the schedule ends 
 (`DDIMScheduler` with `set_alpha_to_one=True`, the default for DDPM configs) and always for DDPM's t = 0.
 Such a step is deterministic: it has no log-density, so it is recorded with log-prob 0 and excluded
 from training (`Rollout.trainable`).
+
+Steps with a standard deviation of at most `min_train_std` are recorded but not trained on either. The
+gradient of a step's log-density grows as 1/std, while noise that small barely changes the image: on
+DDPM's schedule the last stochastic step has std ~0.01 (about 15x less than the step before), and its
+gradient is ~10x the norm of any other step's, with next to no reward signal in it.
 """
 
 from __future__ import annotations
@@ -42,7 +47,7 @@ class Rollout:
     log_probs: torch.Tensor
     """(B, S): log-density of each step under the sampling model (0 where the step is deterministic)."""
     trainable: torch.Tensor
-    """(S,) bool: steps with a positive standard deviation, the only ones DDPO can train on."""
+    """(S,) bool: the steps DDPO trains on, those with a standard deviation above the sampler's minimum."""
 
     @property
     def images(self) -> torch.Tensor:
@@ -63,7 +68,15 @@ class _StepTables:
 class StochasticSampler:
     """DDIM (eta > 0) or DDPM ancestral sampling whose steps can be re-scored exactly."""
 
-    def __init__(self, scheduler_config: dict, *, kind: str = "ddim", num_steps: int = 20, eta: float = 1.0):
+    def __init__(
+        self,
+        scheduler_config: dict,
+        *,
+        kind: str = "ddim",
+        num_steps: int = 20,
+        eta: float = 1.0,
+        min_train_std: float = 0.0,
+    ):
         if kind not in ("ddim", "ddpm"):
             raise ValueError(f"Unknown sampler {kind!r}; use 'ddim' or 'ddpm'.")
         scheduler_class = DDIMScheduler if kind == "ddim" else DDPMScheduler
@@ -88,7 +101,7 @@ class StochasticSampler:
         final = getattr(self.scheduler, "final_alpha_cumprod", None) if kind == "ddim" else None
         self.final_alpha_cumprod = torch.as_tensor(1.0 if final is None else final, dtype=torch.float32)
         self.step_std = self._std(self.timesteps, self.prev_timesteps)
-        self.trainable = self.step_std > 0
+        self.trainable = self.step_std > max(min_train_std, 0.0)
         self._step_tables: dict[torch.device, _StepTables] = {}
 
     def step_tables(self, device: torch.device | str) -> _StepTables:

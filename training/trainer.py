@@ -105,9 +105,19 @@ class DDPOTrainer:
         source = resolve_model_path(config.base_model)
         config.base_model = source if not Path(source).exists() else str(Path(source).resolve())
         self.sampler = StochasticSampler(
-            self.scheduler_config, kind=config.scheduler, num_steps=config.num_steps, eta=config.eta
+            self.scheduler_config,
+            kind=config.scheduler,
+            num_steps=config.num_steps,
+            eta=config.eta,
+            min_train_std=config.min_train_std,
         )
         trainable_steps = int(self.sampler.trainable.sum())
+        if trainable_steps == 0:
+            raise ValueError(
+                f"No step of the {config.num_steps}-step {config.scheduler} sampler has a noise std above "
+                f"--min-train-std {config.min_train_std} (the largest is {self.sampler.step_std.max():.4f}); "
+                "lower it, or raise --eta or --num-steps."
+            )
         self.num_train_timesteps = max(1, int(config.timestep_fraction * trainable_steps))
         self.accelerator.gradient_accumulation_steps = config.gradient_accumulation_steps * self.num_train_timesteps
         self.unet, self.optimizer, self.ema = self._prepare_model(unet)
@@ -188,9 +198,10 @@ class DDPOTrainer:
             if not grid_path(self.run_dir, 0).exists():
                 self._save_grid(0, self._plain_unet())
         accelerator.init_trackers("ddpo", config=_scalar_items(config.to_dict()))
+        excluded = torch.nonzero(~self.sampler.trainable).squeeze(1).tolist()
         logger.info(
-            "Training %s for %d epochs: %d samples/epoch, %d-step %s rollouts, %d of %d steps trained "
-            "(the final step is deterministic and excluded: %s).",
+            "Training %s for %d epochs: %d samples/epoch, %d-step %s rollouts, %d of %d trainable steps "
+            "trained per sample; not trained (deterministic, or noise std <= --min-train-std %g): %s.",
             config.base_model,
             config.epochs,
             config.num_samples,
@@ -198,7 +209,8 @@ class DDPOTrainer:
             config.scheduler,
             self.num_train_timesteps,
             int(self.sampler.trainable.sum()),
-            not bool(self.sampler.trainable[-1]),
+            config.min_train_std,
+            ", ".join(f"{index} (std {self.sampler.step_std[index]:.4f})" for index in excluded) or "none",
         )
         if config.push_to_hub and self.is_main:
             self.publisher = HubPublisher(
