@@ -1,4 +1,4 @@
-"""Where the JPEG bytes of `tiny` samples go, and why DDPO stalls near -15 % there (run by hand).
+"""Where the JPEG bytes of `tiny` samples go, and why DDPO stalls short of -30 % there (run by hand).
 
     python benchmarks/jpeg_floor.py runs/tiny
 

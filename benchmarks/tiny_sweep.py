@@ -45,9 +45,15 @@ CANDIDATES: dict[str, list[str]] = {
     "epochs-40": [*EARLIER, "--epochs", "40"],
     "epochs-40-lr-1e-4": [*EARLIER, "--epochs", "40", "--learning-rate", "1e-4"],
     "preset-lr-5e-5": ["--learning-rate", "5e-5"],
-    "eta-0.7": ["--eta", "0.7"],
     "eta-0.5": ["--eta", "0.5"],
     "eta-0.3": ["--eta", "0.3"],
+    "all-steps": ["--min-train-std", "0"],
+    "min-std-0.05": ["--min-train-std", "0.05"],
+    "min-std-0.3": ["--min-train-std", "0.3"],
+    "min-std-0.05-lr-5e-5": ["--min-train-std", "0.05", "--learning-rate", "5e-5"],
+    "min-std-0.05-lr-1e-4": ["--min-train-std", "0.05", "--learning-rate", "1e-4"],
+    "preset-lr-1e-4": ["--learning-rate", "1e-4"],
+    "epochs-16": ["--epochs", "16"],
 }
 """Later flags win, so each candidate is the earlier preset (or the current one) with its own changes."""
 
