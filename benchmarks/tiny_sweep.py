@@ -54,6 +54,8 @@ CANDIDATES: dict[str, list[str]] = {
     "min-std-0.05-lr-1e-4": ["--min-train-std", "0.05", "--learning-rate", "1e-4"],
     "preset-lr-1e-4": ["--learning-rate", "1e-4"],
     "epochs-16": ["--epochs", "16"],
+    "all-timesteps": ["--timestep-fraction", "1"],
+    "samples-256-8ep": ["--num-samples", "256", "--epochs", "8", "--gradient-accumulation-steps", "8"],
 }
 """Later flags win, so each candidate is the earlier preset (or the current one) with its own changes."""
 
