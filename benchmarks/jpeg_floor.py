@@ -21,7 +21,8 @@ from pathlib import Path
 import numpy as np
 import torch
 import torch.nn.functional as F
-from learning import training_sampler_images
+from diffusers import UNet2DModel
+from learning import fixed_seed_images
 
 from training.config import DDPOConfig
 from training.jpeg import jpeg_sizes
@@ -43,16 +44,14 @@ def grain(images: torch.Tensor) -> float:
 
 
 @torch.no_grad()
-def denoise_flat(model: str, config: DDPOConfig, start: int, num_images: int) -> torch.Tensor:
-    """Flat colours noised to the timestep of step `start`, then denoised with the trained sampler."""
-    unet, scheduler_config = load_unet_and_scheduler_config(model)
-    sampler = StochasticSampler(scheduler_config, kind=config.scheduler, num_steps=config.num_steps, eta=config.eta)
+def denoise_flat(unet: UNet2DModel, sampler: StochasticSampler, start: int, num_images: int) -> torch.Tensor:
+    """Flat colours noised to the timestep of step `start`, then denoised from there by `sampler`."""
     generator = torch.Generator().manual_seed(0)
     clean = flat_colours(num_images, unet.config.sample_size, generator)
     alpha = sampler.alphas_cumprod[sampler.timesteps[start]]
     sample = alpha.sqrt() * clean + (1 - alpha).sqrt() * torch.randn(clean.shape, generator=generator)
     for index in range(start, sampler.num_steps):
-        mean = sampler.predict_mean(unet.eval(), sample, torch.full((num_images,), index))
+        mean = sampler.predict_mean(unet, sample, torch.full((num_images,), index))
         sample = mean + sampler.step_std[index] * torch.randn(sample.shape, generator=generator)
     return sample
 
@@ -67,7 +66,11 @@ def main() -> None:
     args = parser.parse_args()
     config = DDPOConfig.load(args.run_dir)
     models = {"base": config.base_model, "fine-tuned": str(args.run_dir)}
-    size = load_unet_and_scheduler_config(config.base_model)[0].config.sample_size
+    loaded = {name: load_unet_and_scheduler_config(model) for name, model in models.items()}
+    samplers = {
+        name: StochasticSampler.for_run(scheduler_config, config) for name, (_, scheduler_config) in loaded.items()
+    }
+    size = loaded["base"][0].config.sample_size
 
     print(f"1. Flat {size}x{size} colours plus Gaussian grain ({args.num_images} images)")
     print("| grain std (in [-1, 1]) | mean JPEG (B) |")
@@ -82,24 +85,19 @@ def main() -> None:
     print(f"\n2. Samples ({args.num_images} fixed seeds, {steps})")
     print("| model | mean JPEG (B) | grain std | colour std within an image |")
     print("|---|---|---|---|")
-    for name, model in models.items():
-        images = training_sampler_images(model, config, args.num_images)
+    for name, (unet, _) in loaded.items():
+        images = fixed_seed_images(unet, samplers[name], args.num_images)
         spread = images.std(dim=(2, 3)).mean().item()
         print(f"| {name} | {np.mean(jpeg_sizes(images)):.0f} | {grain(images):.4f} | {spread:.3f} |")
 
-    sampler = StochasticSampler(
-        load_unet_and_scheduler_config(config.base_model)[1],
-        kind=config.scheduler,
-        num_steps=config.num_steps,
-        eta=config.eta,
-    )
+    timesteps = samplers["base"].timesteps
     starts = [config.num_steps - last for last in args.last_steps if 0 < last <= config.num_steps]
     print(f"\n3. Flat colours noised to timestep t, then denoised by each model ({steps}), mean JPEG (B)")
-    print("| model | " + " | ".join(f"t = {int(sampler.timesteps[start])}" for start in starts) + " |")
+    print("| model | " + " | ".join(f"t = {int(timesteps[start])}" for start in starts) + " |")
     print("|---|" + "---|" * len(starts))
-    for name, model in models.items():
-        sizes = [np.mean(jpeg_sizes(denoise_flat(model, config, start, args.num_images))) for start in starts]
-        print(f"| {name} | " + " | ".join(f"{value:.0f}" for value in sizes) + " |")
+    for name, (unet, _) in loaded.items():
+        images = [denoise_flat(unet.eval(), samplers[name], start, args.num_images) for start in starts]
+        print(f"| {name} | " + " | ".join(f"{np.mean(jpeg_sizes(batch)):.0f}" for batch in images) + " |")
 
 
 if __name__ == "__main__":

@@ -13,6 +13,7 @@ from pathlib import Path
 
 import numpy as np
 import torch
+from diffusers import UNet2DModel
 
 from training.config import DDPOConfig
 from training.evaluate import run_evaluation
@@ -21,13 +22,17 @@ from training.pipelines import load_unet_and_scheduler_config
 from training.sampling import StochasticSampler
 
 
-def training_sampler_images(model: str, config: DDPOConfig, num_images: int) -> torch.Tensor:
-    """`num_images` rollouts (in [-1, 1]) of the sampler DDPO optimised, from fixed noise."""
-    unet, scheduler_config = load_unet_and_scheduler_config(model)
-    sampler = StochasticSampler(scheduler_config, kind=config.scheduler, num_steps=config.num_steps, eta=config.eta)
+def fixed_seed_images(unet: UNet2DModel, sampler: StochasticSampler, num_images: int) -> torch.Tensor:
+    """`num_images` rollouts (in [-1, 1]) of `sampler`, from fixed noise: the same seeds for every model."""
     size = unet.config.sample_size
     noise = torch.randn((num_images, unet.config.in_channels, size, size), generator=torch.Generator().manual_seed(0))
     return sampler.rollout(unet.eval(), noise, generator=torch.Generator().manual_seed(1)).images
+
+
+def training_sampler_images(model: str, config: DDPOConfig, num_images: int) -> torch.Tensor:
+    """`num_images` rollouts (in [-1, 1]) of the sampler DDPO optimised, from fixed noise."""
+    unet, scheduler_config = load_unet_and_scheduler_config(model)
+    return fixed_seed_images(unet, StochasticSampler.for_run(scheduler_config, config), num_images)
 
 
 def training_sampler_sizes(model: str, config: DDPOConfig, num_images: int) -> np.ndarray:

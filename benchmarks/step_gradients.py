@@ -16,6 +16,7 @@ import argparse
 import numpy as np
 import torch
 
+from training.advantages import normalize
 from training.pipelines import load_unet_and_scheduler_config
 from training.rewards import jpeg_compressibility
 from training.sampling import StochasticSampler
@@ -37,7 +38,7 @@ def main() -> None:
     )
     rollout = sampler.rollout(unet.eval(), noise, generator=torch.Generator().manual_seed(1))
     rewards, _ = jpeg_compressibility()(rollout.images)
-    advantages = torch.as_tensor((rewards - rewards.mean()) / rewards.std(), dtype=torch.float32)
+    advantages = torch.as_tensor(normalize(rewards, rewards.mean(), rewards.std()), dtype=torch.float32)
 
     unet.train()
     rows = []

@@ -104,13 +104,7 @@ class DDPOTrainer:
             unet, self.scheduler_config = load_unet_and_scheduler_config(folder)
         source = resolve_model_path(config.base_model)
         config.base_model = source if not Path(source).exists() else str(Path(source).resolve())
-        self.sampler = StochasticSampler(
-            self.scheduler_config,
-            kind=config.scheduler,
-            num_steps=config.num_steps,
-            eta=config.eta,
-            min_train_std=config.min_train_std,
-        )
+        self.sampler = StochasticSampler.for_run(self.scheduler_config, config)
         trainable_steps = int(self.sampler.trainable.sum())
         if trainable_steps == 0:
             raise ValueError(
