@@ -45,6 +45,7 @@ def main() -> None:
     parser.add_argument("run_dir", type=Path)
     parser.add_argument("--num-images", type=int, default=64)
     parser.add_argument("--ddpm-steps", type=int, default=200)
+    parser.add_argument("--trained-sampler-only", action="store_true", help="skip the DDPM, DDIM and PNDM rows")
     args = parser.parse_args()
     config = DDPOConfig.load(args.run_dir)
     base, model = config.base_model, str(args.run_dir)
@@ -53,16 +54,18 @@ def main() -> None:
     base_sizes = training_sampler_sizes(base, config, args.num_images)
     model_sizes = training_sampler_sizes(model, config, args.num_images)
     rows.append((f"DDIM {config.num_steps} steps, eta {config.eta} (trained)", base_sizes.mean(), model_sizes.mean()))
-    results, _ = run_evaluation(
-        model,
-        base,
-        schedulers=["ddpm", "ddim", "pndm"],
-        num_images=args.num_images,
-        num_inference_steps={"ddpm": args.ddpm_steps, "ddim": 50, "pndm": 50},
-    )
-    for entry in results["schedulers"].values():
-        label = f"{entry['name']} {entry['num_inference_steps']} steps" + (", eta 0" if entry["name"] == "DDIM" else "")
-        rows.append((label, entry["base"]["mean"], entry["model"]["mean"]))
+    if not args.trained_sampler_only:
+        results, _ = run_evaluation(
+            model,
+            base,
+            schedulers=["ddpm", "ddim", "pndm"],
+            num_images=args.num_images,
+            num_inference_steps={"ddpm": args.ddpm_steps, "ddim": 50, "pndm": 50},
+        )
+        for entry in results["schedulers"].values():
+            name = entry["name"]
+            label = f"{name} {entry['num_inference_steps']} steps" + (", eta 0" if name == "DDIM" else "")
+            rows.append((label, entry["base"]["mean"], entry["model"]["mean"]))
 
     shown = Path(base).relative_to(Path.cwd()) if Path(base).is_relative_to(Path.cwd()) else base
     print(f"{args.num_images} fixed-seed samples, base {shown} vs {model}")

@@ -6,10 +6,21 @@ import numpy as np
 import pytest
 import torch
 from diffusers import DDPMPipeline, DDPMScheduler, UNet2DModel
+from PIL import Image
 
 from training.jpeg import jpeg_sizes
 from training.pipelines import TINY_BASE_MODEL
-from training.pretrain_base import build_texture_dataset, dataset_to_tensor, main, make_scheduler, train
+from training.pretrain_base import (
+    PHOTOS,
+    build_texture_dataset,
+    crop_box,
+    dataset_to_tensor,
+    load_photo,
+    main,
+    make_scheduler,
+    render_crop,
+    train,
+)
 
 
 @pytest.fixture(scope="module")
@@ -30,6 +41,21 @@ def test_dataset_is_deterministic_32px_rgb_with_a_spread_of_jpeg_sizes(crops):
     assert sizes.min() < 850
     assert sizes.max() > 1300
     assert sizes.std() > 100
+
+
+def test_parallel_build_keeps_every_crop_in_its_planned_order(crops):
+    """The thread pool only resizes: crop i is what the i-th draw of the seed's generator asks for."""
+    rng = np.random.default_rng(3)
+    names = list(PHOTOS)
+    weights = np.array([PHOTOS[name] for name in names])
+    picks = rng.choice(len(names), size=96, p=weights / weights.sum())
+    photos = {name: Image.fromarray(load_photo(name)) for name in set(crops["source"])}
+    for index, pick in enumerate(picks):
+        photo = photos[names[pick]]
+        box, mirror = crop_box(photo.width, photo.height, 32, rng)
+        assert crops["source"][index] == names[pick]
+        expected = np.asarray(render_crop(photo, box, mirror, 32))
+        assert np.array_equal(np.asarray(crops["image"][index].convert("RGB")), expected)
 
 
 def test_dataset_to_tensor_layout(crops):
@@ -59,6 +85,17 @@ def test_train_lowers_the_loss_and_returns_ema_weights(crops):
     assert np.mean(losses[-10:]) < np.mean(losses[:10])
     assert not unet.training
     assert any(not torch.equal(a, b) for a, b in zip(before, unet.parameters(), strict=True))
+
+
+def test_time_limit_stops_at_the_first_log_after_it(crops):
+    torch.manual_seed(0)
+    unet = UNet2DModel(
+        sample_size=32, layers_per_block=1, block_out_channels=(8, 16), down_block_types=("DownBlock2D",) * 2,
+        up_block_types=("UpBlock2D",) * 2, norm_num_groups=4, add_attention=False,
+    )  # fmt: skip
+    losses = train(unet, make_scheduler(), dataset_to_tensor(crops), steps=30, batch_size=4, log_every=5, time_limit=0)
+    assert len(losses) == 5
+    assert not unet.training
 
 
 def test_main_saves_a_pipeline_folder_that_reloads(tmp_path):

@@ -15,8 +15,10 @@ from __future__ import annotations
 
 import argparse
 import math
+import os
 import time
 from collections.abc import Sequence
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import datasets
@@ -55,30 +57,40 @@ def load_photo(name: str) -> np.ndarray:
     return np.ascontiguousarray(image[..., :3].astype(np.uint8))
 
 
-def random_crop(photo: Image.Image, size: int, rng: np.random.Generator) -> Image.Image:
-    """A `size`x`size` crop of `photo` downscaled by a log-uniform factor, randomly mirrored.
+def crop_box(width: int, height: int, size: int, rng: np.random.Generator) -> tuple[tuple[int, int, int, int], bool]:
+    """Where to crop a `width`x`height` photo for one `size`x`size` crop, and whether to mirror it.
 
-    Cropping a window of size/scale pixels and resizing it is the same as resizing the whole photo first,
-    only much cheaper.
+    The window is `size / scale` pixels for a log-uniform `scale`: cropping it and resizing it to `size` is the
+    same as downscaling the whole photo first, only much cheaper. Only random draws happen here, so a data set
+    can be planned in order (deterministic for a seed) and resized in parallel.
     """
     scale = math.exp(rng.uniform(math.log(MIN_SCALE), math.log(MAX_SCALE)))
-    window = min(round(size / scale), photo.width, photo.height)
-    left = int(rng.integers(0, photo.width - window + 1))
-    top = int(rng.integers(0, photo.height - window + 1))
-    crop = photo.resize((size, size), Image.Resampling.LANCZOS, box=(left, top, left + window, top + window))
-    if rng.random() < 0.5:
-        crop = crop.transpose(Image.Transpose.FLIP_LEFT_RIGHT)
-    return crop
+    window = min(round(size / scale), width, height)
+    left = int(rng.integers(0, width - window + 1))
+    top = int(rng.integers(0, height - window + 1))
+    return (left, top, left + window, top + window), bool(rng.random() < 0.5)
+
+
+def render_crop(photo: Image.Image, box: tuple[int, int, int, int], mirror: bool, size: int) -> Image.Image:
+    """The `box` of `photo` resized to `size`x`size` (Lanczos), mirrored left-right if asked."""
+    crop = photo.resize((size, size), Image.Resampling.LANCZOS, box=box)
+    return crop.transpose(Image.Transpose.FLIP_LEFT_RIGHT) if mirror else crop
 
 
 def build_texture_dataset(num_images: int, size: int = 32, seed: int = 0) -> datasets.Dataset:
-    """Random crops of the bundled photographs (drawn by `PHOTOS` weight), deterministic for a seed."""
+    """Random crops of the bundled photographs (drawn by `PHOTOS` weight), deterministic for a seed.
+
+    The crops are resized in a thread pool (Pillow releases the GIL while resampling), which changes nothing
+    but the wall time: every random draw is made first, in order, from one generator.
+    """
     rng = np.random.default_rng(seed)
     names = list(PHOTOS)
     weights = np.array([PHOTOS[name] for name in names])
     sources = [Image.fromarray(load_photo(name)) for name in names]
     picks = rng.choice(len(names), size=num_images, p=weights / weights.sum())
-    images = [random_crop(sources[pick], size, rng) for pick in picks]
+    plans = [(sources[pick], *crop_box(sources[pick].width, sources[pick].height, size, rng)) for pick in picks]
+    with ThreadPoolExecutor(max_workers=os.cpu_count()) as pool:
+        images = list(pool.map(lambda plan: render_crop(*plan, size), plans))
     table = {"image": images, "source": [names[pick] for pick in picks]}
     return datasets.Dataset.from_dict(table).cast_column("image", datasets.Image())
 
@@ -131,11 +143,14 @@ def train(
     seed: int = 0,
     log_every: int = 100,
     device: str = "cpu",
+    time_limit: float | None = None,
 ) -> list[float]:
     """Train `unet` to predict the noise added to `images` (uint8); leaves the EMA weights in `unet`.
 
     Returns the loss of every step. Random horizontal flips are applied on top of the crops' own. Every
     random draw comes from one CPU generator, so a GPU run sees the same batches and noise as a CPU run.
+    `time_limit` (seconds) ends training early on a shared or lent machine; the learning-rate schedule still
+    spans `steps`, so such a run is a shorter prefix of the full one, and it says so.
     """
     generator = torch.Generator().manual_seed(seed)
     unet.to(device)
@@ -147,14 +162,18 @@ def train(
     losses: list[torch.Tensor] = []  # kept on the device: reading each one would wait for the GPU every step
     start = time.perf_counter()
     progress = tqdm(range(steps), desc="pretrain", mininterval=5.0)
+    # On a GPU the draws go to pinned memory and are copied without waiting, so the host never stalls on the
+    # GPU and draws the next batch while the current one trains.
+    pin = torch.device(device).type == "cuda"
     for step in progress:
-        index = torch.randint(0, len(images), (batch_size,), generator=generator).to(device)
-        clean = images[index].float() / 127.5 - 1.0
-        flip = (torch.rand(batch_size, generator=generator) < 0.5).to(device)
+        index = torch.randint(0, len(images), (batch_size,), generator=generator, pin_memory=pin)
+        clean = images[index.to(device, non_blocking=pin)].float() / 127.5 - 1.0
+        flip = torch.rand(batch_size, generator=generator, pin_memory=pin).to(device, non_blocking=pin) < 0.5
         clean = torch.where(flip[:, None, None, None], clean.flip(-1), clean)
-        noise = torch.randn(clean.shape, generator=generator).to(device)
-        timesteps = torch.randint(0, scheduler.config.num_train_timesteps, (batch_size,), generator=generator)
-        timesteps = timesteps.to(device)
+        noise = torch.randn(clean.shape, generator=generator, pin_memory=pin).to(device, non_blocking=pin)
+        timesteps = torch.randint(
+            0, scheduler.config.num_train_timesteps, (batch_size,), generator=generator, pin_memory=pin
+        ).to(device, non_blocking=pin)
         noisy = scheduler.add_noise(clean, noise, timesteps)
         loss = F.mse_loss(unet(noisy, timesteps).sample, noise)
         optimizer.zero_grad(set_to_none=True)
@@ -168,6 +187,9 @@ def train(
             recent = torch.stack(losses[-log_every:]).mean().item()
             progress.set_postfix(loss=f"{recent:.4f}")
             tqdm.write(f"step {step + 1}/{steps} loss {recent:.4f} elapsed {time.perf_counter() - start:.0f}s")
+            if time_limit is not None and time.perf_counter() - start > time_limit and step + 1 < steps:
+                tqdm.write(f"stopped at step {step + 1} of {steps}: --time-limit {time_limit:g}s reached")
+                break
     ema.copy_to(unet.parameters())
     unet.to("cpu").eval()
     return torch.stack(losses).tolist()
@@ -187,6 +209,7 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--threads", type=int, default=2, help="torch CPU threads")
     parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
+    parser.add_argument("--time-limit", type=float, help="stop after this many seconds of training (checked per log)")
     return parser.parse_args(argv)
 
 
@@ -211,6 +234,7 @@ def main(argv: Sequence[str] | None = None) -> None:
         ema_max_decay=args.ema_max_decay,
         seed=args.seed,
         device=args.device,
+        time_limit=args.time_limit,
     )
     DDPMPipeline(unet=unet, scheduler=scheduler).save_pretrained(args.output_dir, safe_serialization=True)
     print(f"saved {args.output_dir} after {time.perf_counter() - start:.0f}s")
