@@ -1,31 +1,42 @@
 #!/usr/bin/env bash
-# Candidate base models for the `tiny` preset in one call on a lent GPU machine (about 9 minutes on an H100):
+# Candidate base models for the `tiny` preset in one call on a lent GPU machine (4-7 minutes on an H100):
 #   1. pretrain each candidate below with training/pretrain_base.py, all at once on the one GPU;
 #   2. fine-tune each with the `tiny` preset (as `make demo` does, on the GPU);
 #   3. `benchmarks/learning.py --trained-sampler-only` on each run (64 fixed seeds, base vs fine-tuned).
-# Each candidate keeps the UNet's 32x32 level as it is (16 channels), since that level sets the CPU cost of
-# `make demo`. Bases, logs and figures go to $RESULTS (default runs/gpu-pretrain), one tarball per base.
+# Every candidate's UNet call costs within 10% of the bundled model's on the CPU (its full-resolution level
+# sets that cost), so `make demo` could use it. Bases and logs go to $RESULTS (default runs/gpu-pretrain), one
+# tarball per base (a lent machine sends back at most 8 files).
 # A smoke test on the CPU: DEVICE=cpu STEPS=20 DDPO_FLAGS="--epochs 1 --num-samples 32" bash benchmarks/gpu_pretrain.sh
 set -uo pipefail
 results=${RESULTS:-runs/gpu-pretrain}
-steps=${STEPS:-2000}
 device=${DEVICE:-cuda}
 mkdir -p "$results" runs/bases
 nvidia-smi --query-gpu=name,memory.total --format=csv,noheader
 export PYTHONUNBUFFERED=1 OMP_NUM_THREADS=4
 
-# First call (32x32, the bundled model's size, 3 candidates at 3000 steps): --channels 16 32 64 64 with 30,000
-# or 60,000 crops, and --channels 16 32 64 128 with 60,000; all --batch-size 512 --learning-rate 1e-3.
-declare -A candidates=(
-  [textures-48]="--size 48 --channels 8 16 32 64 --num-images 60000 --batch-size 256 --learning-rate 1e-3"
-  [textures-48-5lv]="--size 48 --channels 8 16 32 64 64 --num-images 60000 --batch-size 256 --learning-rate 1e-3"
-)
+# SET=32 (the first call): the bundled model's size and first level, trained ~13x longer on more crops, and
+# a wider 4x4 level. SET=48 (the second call): 48x48 images, where the JPEG header is a smaller share.
+declare -A candidates
+if [ "${SET:-48}" = 32 ]; then
+  steps=${STEPS:-2500} time_limit=${TIME_LIMIT:-230}
+  candidates=(
+    [long-30k]="--num-images 30000 --batch-size 512 --learning-rate 1e-3"
+    [long-60k]="--num-images 60000 --batch-size 512 --learning-rate 1e-3"
+    [wide4x4-60k]="--num-images 60000 --batch-size 512 --learning-rate 1e-3 --channels 16 32 64 128"
+  )
+else
+  steps=${STEPS:-2000} time_limit=${TIME_LIMIT:-200}
+  candidates=(
+    [textures-48]="--size 48 --channels 8 16 32 64 --num-images 60000 --batch-size 256 --learning-rate 1e-3"
+    [textures-48-5lv]="--size 48 --channels 8 16 32 64 64 --num-images 60000 --batch-size 256 --learning-rate 1e-3"
+  )
+fi
 logs=runs/gpu-pretrain-logs
 mkdir -p "$logs"
 for name in "${!candidates[@]}"; do
   # shellcheck disable=SC2086  # the flags are meant to split
-  timeout 280 python3 -m training.pretrain_base --device "$device" --output-dir "runs/bases/$name" --steps "$steps" \
-    --warmup-steps 200 --time-limit "${TIME_LIMIT:-200}" --threads 6 ${candidates[$name]} \
+  timeout $((time_limit + 80)) python3 -m training.pretrain_base --device "$device" --output-dir "runs/bases/$name" --steps "$steps" \
+    --warmup-steps 200 --time-limit "$time_limit" --threads 6 ${candidates[$name]} \
     >"$logs/pretrain-$name.log" 2>&1 &
 done
 wait
@@ -44,9 +55,8 @@ done
 wait
 for name in "${!candidates[@]}"; do
   echo "== $name"
-  cat "runs/ddpo-$name/metrics.jsonl" 2>/dev/null | python3 -c "
-import json, sys
-print(' '.join(f\"{json.loads(line)['jpeg_bytes_mean']:.0f}\" for line in sys.stdin))"
+  python3 -c "from training.checkpoints import read_metrics
+print('samples per epoch (B):', *(round(m['jpeg_bytes_mean']) for m in read_metrics('runs/ddpo-$name')))"
   grep "|" "$logs/learning-$name.md"
 done
 tar czf "$results/logs.tgz" "$logs" runs/ddpo-*/metrics.jsonl runs/ddpo-*/ddpo_config.json
