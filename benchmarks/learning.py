@@ -19,14 +19,19 @@ from training.config import DDPOConfig
 from training.evaluate import run_evaluation
 from training.jpeg import jpeg_sizes
 from training.pipelines import load_unet_and_scheduler_config
-from training.sampling import StochasticSampler
+from training.sampling import Rollout, StochasticSampler
+
+
+def fixed_seed_rollout(unet: UNet2DModel, sampler: StochasticSampler, num_images: int) -> Rollout:
+    """`num_images` rollouts of `sampler` from fixed noise: the same seeds for every model."""
+    size = unet.config.sample_size
+    noise = torch.randn((num_images, unet.config.in_channels, size, size), generator=torch.Generator().manual_seed(0))
+    return sampler.rollout(unet.eval(), noise, generator=torch.Generator().manual_seed(1))
 
 
 def fixed_seed_images(unet: UNet2DModel, sampler: StochasticSampler, num_images: int) -> torch.Tensor:
-    """`num_images` rollouts (in [-1, 1]) of `sampler`, from fixed noise: the same seeds for every model."""
-    size = unet.config.sample_size
-    noise = torch.randn((num_images, unet.config.in_channels, size, size), generator=torch.Generator().manual_seed(0))
-    return sampler.rollout(unet.eval(), noise, generator=torch.Generator().manual_seed(1)).images
+    """The final images (in [-1, 1]) of `fixed_seed_rollout`."""
+    return fixed_seed_rollout(unet, sampler, num_images).images
 
 
 def training_sampler_images(model: str, config: DDPOConfig, num_images: int) -> torch.Tensor:

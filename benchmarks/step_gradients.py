@@ -15,6 +15,7 @@ import argparse
 
 import numpy as np
 import torch
+from learning import fixed_seed_rollout
 
 from training.advantages import normalize
 from training.pipelines import load_unet_and_scheduler_config
@@ -32,11 +33,7 @@ def main() -> None:
 
     unet, scheduler_config = load_unet_and_scheduler_config(args.model)
     sampler = StochasticSampler(scheduler_config, kind="ddim", num_steps=args.num_steps, eta=args.eta)
-    size = unet.config.sample_size
-    noise = torch.randn(
-        (args.batch_size, unet.config.in_channels, size, size), generator=torch.Generator().manual_seed(0)
-    )
-    rollout = sampler.rollout(unet.eval(), noise, generator=torch.Generator().manual_seed(1))
+    rollout = fixed_seed_rollout(unet, sampler, args.batch_size)
     rewards, _ = jpeg_compressibility()(rollout.images)
     advantages = torch.as_tensor(normalize(rewards, rewards.mean(), rewards.std()), dtype=torch.float32)
 
