@@ -4,11 +4,13 @@
 
 Rows: the stochastic DDIM sampler DDPO trains (eta and steps from the run's config), DDPM ancestral
 sampling, deterministic DDIM (eta 0) and PNDM, each with the same seeds for both models.
+`--num-steps N` runs the first row with N steps instead, to see how the step count moves each model.
 """
 
 from __future__ import annotations
 
 import argparse
+import dataclasses
 from pathlib import Path
 
 import numpy as np
@@ -51,14 +53,20 @@ def main() -> None:
     parser.add_argument("--num-images", type=int, default=64)
     parser.add_argument("--ddpm-steps", type=int, default=200)
     parser.add_argument("--trained-sampler-only", action="store_true", help="skip the DDPM, DDIM and PNDM rows")
+    parser.add_argument(
+        "--num-steps", type=int, help="run the trained sampler with this many steps instead of the run's own"
+    )
     args = parser.parse_args()
     config = DDPOConfig.load(args.run_dir)
     base, model = config.base_model, str(args.run_dir)
+    trained = "trained" if args.num_steps in (None, config.num_steps) else f"trained with {config.num_steps}"
+    sampler_config = dataclasses.replace(config, num_steps=args.num_steps or config.num_steps)
 
     rows = []
-    base_sizes = training_sampler_sizes(base, config, args.num_images)
-    model_sizes = training_sampler_sizes(model, config, args.num_images)
-    rows.append((f"DDIM {config.num_steps} steps, eta {config.eta} (trained)", base_sizes.mean(), model_sizes.mean()))
+    base_sizes = training_sampler_sizes(base, sampler_config, args.num_images)
+    model_sizes = training_sampler_sizes(model, sampler_config, args.num_images)
+    label = f"{config.scheduler.upper()} {sampler_config.num_steps} steps, eta {config.eta} ({trained})"
+    rows.append((label, base_sizes.mean(), model_sizes.mean()))
     if not args.trained_sampler_only:
         results, _ = run_evaluation(
             model,
