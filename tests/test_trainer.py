@@ -269,7 +269,7 @@ def test_two_processes_gather_rewards_and_end_with_identical_weights(tiny_pipeli
 
 def test_short_run_on_the_bundled_model_raises_the_mean_reward(tmp_path):
     """The JPEG reward goes up within the tiny preset's first epochs (fixed seed): the update points the right way."""
-    config = resolve_config(preset="tiny", overrides=dict(output_dir=str(tmp_path / "run"), epochs=5, grid_size=2))
+    config = resolve_config(preset="tiny", overrides=dict(output_dir=str(tmp_path / "run"), epochs=3, grid_size=2))
     train(config)
     rewards = [row["reward_mean"] for row in read_metrics(tmp_path / "run")]
     assert np.mean(rewards[-2:]) > rewards[0], rewards
