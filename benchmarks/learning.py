@@ -59,13 +59,15 @@ def main() -> None:
     args = parser.parse_args()
     config = DDPOConfig.load(args.run_dir)
     base, model = config.base_model, str(args.run_dir)
-    trained = "trained" if args.num_steps in (None, config.num_steps) else f"trained with {config.num_steps}"
-    sampler_config = dataclasses.replace(config, num_steps=args.num_steps or config.num_steps)
+    num_steps = config.num_steps if args.num_steps is None else args.num_steps
+    trained = "trained" if num_steps == config.num_steps else f"trained with {config.num_steps}"
+    sampler_config = dataclasses.replace(config, num_steps=num_steps)
+    sampler_config.validate()  # a clear error for a step count no run could use
 
     rows = []
     base_sizes = training_sampler_sizes(base, sampler_config, args.num_images)
     model_sizes = training_sampler_sizes(model, sampler_config, args.num_images)
-    label = f"{config.scheduler.upper()} {sampler_config.num_steps} steps, eta {config.eta} ({trained})"
+    label = f"{config.scheduler.upper()} {num_steps} steps, eta {config.eta} ({trained})"
     rows.append((label, base_sizes.mean(), model_sizes.mean()))
     if not args.trained_sampler_only:
         results, _ = run_evaluation(
