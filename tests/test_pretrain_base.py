@@ -98,6 +98,39 @@ def test_time_limit_stops_at_the_first_log_after_it(crops):
     assert not unet.training
 
 
+def _tiny_unet() -> UNet2DModel:
+    torch.manual_seed(0)
+    return UNet2DModel(
+        sample_size=32, layers_per_block=1, block_out_channels=(8, 16), down_block_types=("DownBlock2D",) * 2,
+        up_block_types=("UpBlock2D",) * 2, norm_num_groups=4, add_attention=False,
+    )  # fmt: skip
+
+
+def _timesteps_seen(crops, **options) -> torch.Tensor:
+    """Every timestep `train` noises a batch at, read off the scheduler it is given."""
+    scheduler, seen = make_scheduler(), []
+    add_noise = scheduler.add_noise
+
+    def recording_add_noise(clean, noise, timesteps):
+        seen.append(timesteps.clone())
+        return add_noise(clean, noise, timesteps)
+
+    scheduler.add_noise = recording_add_noise
+    train(_tiny_unet(), scheduler, dataset_to_tensor(crops), steps=25, batch_size=16, log_every=25, **options)
+    return torch.cat(seen)
+
+
+def test_low_timestep_fraction_draws_that_share_of_each_batch_below_the_cutoff(crops):
+    uniform = _timesteps_seen(crops)
+    assert torch.equal(uniform, _timesteps_seen(crops, low_timestep_fraction=0.0))  # off: the same random stream
+    assert (uniform < 50).float().mean() < 0.15  # 5% expected of 400 uniform draws
+    mixed = _timesteps_seen(crops, low_timestep_fraction=0.5, low_timestep_max=50)
+    assert 0.4 < (mixed < 50).float().mean() < 0.65  # 0.5 + 0.5 * 5% expected
+    assert mixed.max() >= 500  # the other half still spans the whole schedule
+    only_low = _timesteps_seen(crops, low_timestep_fraction=1.0, low_timestep_max=50)
+    assert only_low.max() < 50 and len(only_low.unique()) > 25
+
+
 def test_main_saves_a_pipeline_folder_that_reloads(tmp_path):
     out = tmp_path / "tiny"
     threads = str(torch.get_num_threads())  # main() sets the thread count; keep the session's
@@ -107,6 +140,21 @@ def test_main_saves_a_pipeline_folder_that_reloads(tmp_path):
     pipeline = DDPMPipeline.from_pretrained(out)
     assert pipeline.unet.config.block_out_channels == [8, 16]
     assert isinstance(pipeline.scheduler, DDPMScheduler)
+
+
+def test_main_init_from_continues_an_existing_pipeline(tmp_path):
+    first, second = tmp_path / "first", tmp_path / "second"
+    threads = str(torch.get_num_threads())
+    common = ["--num-images", "32", "--batch-size", "4", "--threads", threads]
+    main(["--output-dir", str(first), "--steps", "2", "--channels", "8", "16", *common])
+    main(["--output-dir", str(second), "--steps", "1", "--init-from", str(first), "--learning-rate", "1e-3",
+          "--warmup-steps", "0", "--low-timestep-fraction", "0.5", *common])  # fmt: skip
+    before = UNet2DModel.from_pretrained(first, subfolder="unet")
+    after = DDPMPipeline.from_pretrained(second).unet
+    assert after.config.block_out_channels == [8, 16]  # the folder's architecture, not --channels' default
+    changes = [(a - b).abs().max().item() for a, b in zip(before.parameters(), after.parameters(), strict=True)]
+    # One AdamW step of 1e-3 moves each weight by at most ~1e-3 (+ decay): continued, not re-initialised.
+    assert 0 < max(changes) < 5e-3
 
 
 def test_shipped_model_loads_is_small_and_generates_32px_images():

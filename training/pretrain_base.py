@@ -3,11 +3,13 @@
 The Hub is out of reach from our machines, so `--preset tiny` needs a base model that lives in the repo.
 This script builds a texture data set from the photographs bundled with scikit-image (no download), trains a
 CPU-sized `UNet2DModel` with the standard DDPM noise-prediction loss, and saves the EMA weights as a
-`DDPMPipeline` folder. See `training/base_models/README.md` for the exact run that produced the shipped model.
+`DDPMPipeline` folder. See `training/base_models/README.md` for the exact runs that produced the shipped model:
 
     OMP_WAIT_POLICY=PASSIVE python -m training.pretrain_base --output-dir training/base_models/tiny-textures-32
 
-(The defaults are the settings of that run. Passive OpenMP waiting keeps 2 threads fast on a shared machine.)
+(the defaults are the settings of its first stage), then a second stage that continues it (`--init-from`) with
+half of each batch at t < 100 (`--low-timestep-fraction`). Passive OpenMP waiting keeps 2 threads fast on a
+shared machine.
 scikit-image is needed only here, to build the data set; it is in the `dev` extra.
 """
 
@@ -144,8 +146,14 @@ def train(
     log_every: int = 100,
     device: str = "cpu",
     time_limit: float | None = None,
+    low_timestep_fraction: float = 0.0,
+    low_timestep_max: int = 100,
 ) -> list[float]:
     """Train `unet` to predict the noise added to `images` (uint8); leaves the EMA weights in `unet`.
+
+    Timesteps are uniform, except that a `low_timestep_fraction` of each batch is drawn from t < `low_timestep_max`
+    instead: uniform draws give the last denoising steps only a few percent of the training, and those steps
+    decide whether a flat image comes out flat or grainy (`benchmarks/jpeg_floor.py`).
 
     Returns the loss of every step. Random horizontal flips are applied on top of the crops' own. Every
     random draw comes from one CPU generator, so a GPU run sees the same batches and noise as a CPU run.
@@ -171,9 +179,14 @@ def train(
         flip = torch.rand(batch_size, generator=generator, pin_memory=pin).to(device, non_blocking=pin) < 0.5
         clean = torch.where(flip[:, None, None, None], clean.flip(-1), clean)
         noise = torch.randn(clean.shape, generator=generator, pin_memory=pin).to(device, non_blocking=pin)
-        timesteps = torch.randint(
-            0, scheduler.config.num_train_timesteps, (batch_size,), generator=generator, pin_memory=pin
-        ).to(device, non_blocking=pin)
+        timesteps = torch.randint(0, scheduler.config.num_train_timesteps, (batch_size,), generator=generator)
+        if low_timestep_fraction > 0:  # drawn only when asked, so runs without it keep their random stream
+            low = torch.rand(batch_size, generator=generator) < low_timestep_fraction
+            timesteps = torch.where(
+                low, torch.randint(0, low_timestep_max, (batch_size,), generator=generator), timesteps
+            )
+        timesteps = timesteps.pin_memory() if pin else timesteps
+        timesteps = timesteps.to(device, non_blocking=pin)
         noisy = scheduler.add_noise(clean, noise, timesteps)
         loss = F.mse_loss(unet(noisy, timesteps).sample, noise)
         optimizer.zero_grad(set_to_none=True)
@@ -210,6 +223,15 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--threads", type=int, default=2, help="torch CPU threads")
     parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     parser.add_argument("--time-limit", type=float, help="stop after this many seconds of training (checked per log)")
+    parser.add_argument(
+        "--init-from",
+        type=Path,
+        help="continue from this DDPMPipeline folder's UNet instead of a new one (--channels unused)",
+    )
+    parser.add_argument(
+        "--low-timestep-fraction", type=float, default=0.0, help="share of each batch drawn from t < --low-timestep-max"
+    )
+    parser.add_argument("--low-timestep-max", type=int, default=100)
     return parser.parse_args(argv)
 
 
@@ -220,7 +242,10 @@ def main(argv: Sequence[str] | None = None) -> None:
     start = time.perf_counter()
     images = dataset_to_tensor(build_texture_dataset(args.num_images, args.size, args.seed))
     print(f"data set: {len(images)} crops of {args.size}x{args.size} in {time.perf_counter() - start:.0f}s")
-    unet = make_unet(args.size, args.channels)
+    if args.init_from:
+        unet = UNet2DModel.from_pretrained(args.init_from, subfolder="unet")
+    else:
+        unet = make_unet(args.size, args.channels)
     print(f"UNet: {sum(p.numel() for p in unet.parameters()) / 1e6:.2f}M parameters")
     scheduler = make_scheduler()
     train(
@@ -235,6 +260,8 @@ def main(argv: Sequence[str] | None = None) -> None:
         seed=args.seed,
         device=args.device,
         time_limit=args.time_limit,
+        low_timestep_fraction=args.low_timestep_fraction,
+        low_timestep_max=args.low_timestep_max,
     )
     DDPMPipeline(unet=unet, scheduler=scheduler).save_pretrained(args.output_dir, safe_serialization=True)
     print(f"saved {args.output_dir} after {time.perf_counter() - start:.0f}s")
