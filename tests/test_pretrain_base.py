@@ -64,17 +64,17 @@ def test_dataset_to_tensor_layout(crops):
     assert images.dtype == torch.uint8
 
 
-def test_train_lowers_the_loss_and_returns_ema_weights(crops):
+def _tiny_unet() -> UNet2DModel:
+    """A two-level UNet small enough to train a few steps in a test, the same weights every call."""
     torch.manual_seed(0)
-    unet = UNet2DModel(
-        sample_size=32,
-        layers_per_block=1,
-        block_out_channels=(8, 16),
-        down_block_types=("DownBlock2D", "DownBlock2D"),
-        up_block_types=("UpBlock2D", "UpBlock2D"),
-        norm_num_groups=4,
-        add_attention=False,
-    )
+    return UNet2DModel(
+        sample_size=32, layers_per_block=1, block_out_channels=(8, 16), down_block_types=("DownBlock2D",) * 2,
+        up_block_types=("UpBlock2D",) * 2, norm_num_groups=4, add_attention=False,
+    )  # fmt: skip
+
+
+def test_train_lowers_the_loss_and_returns_ema_weights(crops):
+    unet = _tiny_unet()
     before = [p.detach().clone() for p in unet.parameters()]
     losses = train(
         unet, make_scheduler(), dataset_to_tensor(crops), steps=40, batch_size=16, learning_rate=3e-3,
@@ -88,22 +88,10 @@ def test_train_lowers_the_loss_and_returns_ema_weights(crops):
 
 
 def test_time_limit_stops_at_the_first_log_after_it(crops):
-    torch.manual_seed(0)
-    unet = UNet2DModel(
-        sample_size=32, layers_per_block=1, block_out_channels=(8, 16), down_block_types=("DownBlock2D",) * 2,
-        up_block_types=("UpBlock2D",) * 2, norm_num_groups=4, add_attention=False,
-    )  # fmt: skip
+    unet = _tiny_unet()
     losses = train(unet, make_scheduler(), dataset_to_tensor(crops), steps=30, batch_size=4, log_every=5, time_limit=0)
     assert len(losses) == 5
     assert not unet.training
-
-
-def _tiny_unet() -> UNet2DModel:
-    torch.manual_seed(0)
-    return UNet2DModel(
-        sample_size=32, layers_per_block=1, block_out_channels=(8, 16), down_block_types=("DownBlock2D",) * 2,
-        up_block_types=("UpBlock2D",) * 2, norm_num_groups=4, add_attention=False,
-    )  # fmt: skip
 
 
 def _timesteps_seen(crops, **options) -> torch.Tensor:
