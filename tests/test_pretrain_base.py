@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import math
+
 import numpy as np
 import pytest
 import torch
@@ -117,6 +119,43 @@ def test_low_timestep_fraction_draws_that_share_of_each_batch_below_the_cutoff(c
     assert mixed.max() >= 500  # the other half still spans the whole schedule
     only_low = _timesteps_seen(crops, low_timestep_fraction=1.0, low_timestep_max=50)
     assert only_low.max() < 50 and len(only_low.unique()) > 25
+
+
+def test_out_of_range_timestep_options_and_unknown_schedule_are_rejected(crops):
+    images = dataset_to_tensor(crops)
+    for options, message in [
+        ({"low_timestep_fraction": 1.5}, "low_timestep_fraction must be between 0 and 1, got 1.5"),
+        ({"low_timestep_fraction": -0.1}, "low_timestep_fraction must be between 0 and 1"),
+        ({"low_timestep_max": 0}, "low_timestep_max must be between 1 and 1000, got 0"),
+        ({"lr_scheduler": "warm"}, "unknown lr_scheduler 'warm'; choose one of cosine, linear"),
+    ]:
+        with pytest.raises(ValueError, match=message):
+            train(_tiny_unet(), make_scheduler(), images, steps=1, batch_size=2, **options)
+
+
+def _learning_rates(crops, monkeypatch, **options) -> list[float]:
+    """The learning rate of every optimizer step `train` takes."""
+    rates: list[float] = []
+    step = torch.optim.AdamW.step
+
+    def recording_step(self, *args, **kwargs):
+        rates.append(self.param_groups[0]["lr"])
+        return step(self, *args, **kwargs)
+
+    monkeypatch.setattr(torch.optim.AdamW, "step", recording_step)
+    train(_tiny_unet(), make_scheduler(), dataset_to_tensor(crops), steps=20, batch_size=2, learning_rate=1e-3,
+          warmup_steps=4, log_every=20, **options)  # fmt: skip
+    return rates
+
+
+def test_lr_scheduler_shapes_the_learning_rate(crops, monkeypatch):
+    cosine = _learning_rates(crops, monkeypatch)
+    assert cosine[:4] == pytest.approx([0.0, 2.5e-4, 5e-4, 7.5e-4])  # linear warmup
+    assert cosine[4] == pytest.approx(1e-3)
+    assert cosine[-1] == pytest.approx(1e-3 * 0.5 * (1 + math.cos(math.pi * 15 / 16)))  # half a cosine to 0
+    constant = _learning_rates(crops, monkeypatch, lr_scheduler="constant_with_warmup")
+    assert constant[:4] == cosine[:4]
+    assert constant[4:] == pytest.approx([1e-3] * 16)
 
 
 def test_main_saves_a_pipeline_folder_that_reloads(tmp_path):

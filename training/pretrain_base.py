@@ -28,7 +28,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 from diffusers import DDPMPipeline, DDPMScheduler, UNet2DModel
-from diffusers.optimization import get_cosine_schedule_with_warmup
+from diffusers.optimization import get_scheduler
 from diffusers.training_utils import EMAModel
 from PIL import Image
 from tqdm.auto import tqdm
@@ -132,6 +132,9 @@ def make_scheduler() -> DDPMScheduler:
     )
 
 
+LR_SCHEDULERS = ("cosine", "linear", "constant", "constant_with_warmup")  # diffusers' names that need no extra options
+
+
 def train(
     unet: UNet2DModel,
     scheduler: DDPMScheduler,
@@ -148,6 +151,7 @@ def train(
     time_limit: float | None = None,
     low_timestep_fraction: float = 0.0,
     low_timestep_max: int = 100,
+    lr_scheduler: str = "cosine",
 ) -> list[float]:
     """Train `unet` to predict the noise added to `images` (uint8); leaves the EMA weights in `unet`.
 
@@ -158,13 +162,21 @@ def train(
     Returns the loss of every step. Random horizontal flips are applied on top of the crops' own. Every
     random draw comes from one CPU generator, so a GPU run sees the same batches and noise as a CPU run.
     `time_limit` (seconds) ends training early on a shared or lent machine; the learning-rate schedule still
-    spans `steps`, so such a run is a shorter prefix of the full one, and it says so.
+    spans `steps`, so such a run is a shorter prefix of the full one, and it says so. `lr_scheduler` is a name
+    from `LR_SCHEDULERS`; a constant rate suits a continuation that should keep learning to its last step.
     """
+    num_train_timesteps = scheduler.config.num_train_timesteps
+    if not 0.0 <= low_timestep_fraction <= 1.0:
+        raise ValueError(f"low_timestep_fraction must be between 0 and 1, got {low_timestep_fraction}")
+    if not 1 <= low_timestep_max <= num_train_timesteps:
+        raise ValueError(f"low_timestep_max must be between 1 and {num_train_timesteps}, got {low_timestep_max}")
+    if lr_scheduler not in LR_SCHEDULERS:
+        raise ValueError(f"unknown lr_scheduler {lr_scheduler!r}; choose one of {', '.join(LR_SCHEDULERS)}")
     generator = torch.Generator().manual_seed(seed)
     unet.to(device)
     images = images.to(device)
     optimizer = torch.optim.AdamW(unet.parameters(), lr=learning_rate, weight_decay=1e-4)
-    lr_schedule = get_cosine_schedule_with_warmup(optimizer, warmup_steps, steps)
+    lr_schedule = get_scheduler(lr_scheduler, optimizer, num_warmup_steps=warmup_steps, num_training_steps=steps)
     ema = EMAModel(unet.parameters(), decay=ema_max_decay, use_ema_warmup=True, power=3 / 4)
     unet.train()
     losses: list[torch.Tensor] = []  # kept on the device: reading each one would wait for the GPU every step
@@ -179,7 +191,7 @@ def train(
         flip = torch.rand(batch_size, generator=generator, pin_memory=pin).to(device, non_blocking=pin) < 0.5
         clean = torch.where(flip[:, None, None, None], clean.flip(-1), clean)
         noise = torch.randn(clean.shape, generator=generator, pin_memory=pin).to(device, non_blocking=pin)
-        timesteps = torch.randint(0, scheduler.config.num_train_timesteps, (batch_size,), generator=generator)
+        timesteps = torch.randint(0, num_train_timesteps, (batch_size,), generator=generator)
         if low_timestep_fraction > 0:  # drawn only when asked, so runs without it keep their random stream
             low = torch.rand(batch_size, generator=generator) < low_timestep_fraction
             timesteps = torch.where(
@@ -232,6 +244,7 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
         "--low-timestep-fraction", type=float, default=0.0, help="share of each batch drawn from t < --low-timestep-max"
     )
     parser.add_argument("--low-timestep-max", type=int, default=100)
+    parser.add_argument("--lr-scheduler", choices=LR_SCHEDULERS, default="cosine", help="diffusers' schedule name")
     return parser.parse_args(argv)
 
 
@@ -262,6 +275,7 @@ def main(argv: Sequence[str] | None = None) -> None:
         time_limit=args.time_limit,
         low_timestep_fraction=args.low_timestep_fraction,
         low_timestep_max=args.low_timestep_max,
+        lr_scheduler=args.lr_scheduler,
     )
     DDPMPipeline(unet=unet, scheduler=scheduler).save_pretrained(args.output_dir, safe_serialization=True)
     print(f"saved {args.output_dir} after {time.perf_counter() - start:.0f}s")
