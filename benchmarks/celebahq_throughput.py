@@ -20,9 +20,9 @@ from pathlib import Path
 import torch
 from diffusers import DDPMPipeline, DDPMScheduler, UNet2DModel
 
-from training.checkpoints import read_metrics
-from training.config import resolve_config
-from training.trainer import DDPOTrainer
+from ddpo_hub.training.config import resolve_config
+from ddpo_hub.training.run_folder import read_metrics
+from ddpo_hub.training.trainer import DDPOTrainer
 
 REFERENCE = Path(__file__).resolve().parents[1] / "tests" / "data" / "ddpm-celebahq-256-config"
 

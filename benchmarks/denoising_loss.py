@@ -15,7 +15,7 @@ import argparse
 import torch
 from diffusers import UNet2DModel
 
-from training.pretrain_base import build_texture_dataset, dataset_to_tensor, make_scheduler
+from ddpo_hub.training.pretrain_base import build_texture_dataset, dataset_to_tensor, make_scheduler
 
 BANDS = ((0, 25), (25, 100), (100, 300), (300, 600), (600, 1000))
 

@@ -35,7 +35,7 @@ logs=runs/gpu-pretrain-logs
 mkdir -p "$logs"
 for name in "${!candidates[@]}"; do
   # shellcheck disable=SC2086  # the flags are meant to split
-  timeout $((time_limit + 80)) python3 -m training.pretrain_base --device "$device" --output-dir "runs/bases/$name" --steps "$steps" \
+  timeout $((time_limit + 80)) python3 -m ddpo_hub.training.pretrain_base --device "$device" --output-dir "runs/bases/$name" --steps "$steps" \
     --warmup-steps 200 --time-limit "$time_limit" --threads 6 ${candidates[$name]} \
     >"$logs/pretrain-$name.log" 2>&1 &
 done
@@ -48,14 +48,14 @@ done
 for name in "${!candidates[@]}"; do
   [ -f "runs/bases/$name/model_index.json" ] || continue
   # shellcheck disable=SC2086
-  (timeout 100 python3 -m training --preset tiny --base-model "runs/bases/$name" --output-dir "runs/ddpo-$name" \
+  (timeout 100 python3 -m ddpo_hub.training --preset tiny --base-model "runs/bases/$name" --output-dir "runs/ddpo-$name" \
       --eval-num-images 0 ${DDPO_FLAGS:-} >"$logs/ddpo-$name.log" 2>&1 \
     && timeout 60 python3 benchmarks/learning.py "runs/ddpo-$name" --trained-sampler-only >"$logs/learning-$name.md" 2>&1) &
 done
 wait
 for name in "${!candidates[@]}"; do
   echo "== $name"
-  python3 -c "from training.checkpoints import read_metrics
+  python3 -c "from training.run_folder import read_metrics
 print('samples per epoch (B):', *(round(m['jpeg_bytes_mean']) for m in read_metrics('runs/ddpo-$name')))"
   grep "|" "$logs/learning-$name.md"
 done

@@ -24,10 +24,10 @@ import torch.nn.functional as F
 from diffusers import UNet2DModel
 from learning import fixed_seed_images
 
-from training.config import DDPOConfig
-from training.jpeg import jpeg_sizes
-from training.pipelines import load_unet_and_scheduler_config
-from training.sampling import StochasticSampler
+from ddpo_hub.training.jpeg import jpeg_sizes
+from ddpo_hub.training.pipelines import load_unet_and_scheduler_config
+from ddpo_hub.training.run_folder import read_config
+from ddpo_hub.training.sampling import StochasticSampler
 
 
 def flat_colours(num_images: int, size: int, generator: torch.Generator) -> torch.Tensor:
@@ -64,7 +64,7 @@ def main() -> None:
         "--last-steps", type=int, nargs="+", default=[2, 3, 5, 7], help="start this many steps from the end"
     )
     args = parser.parse_args()
-    config = DDPOConfig.load(args.run_dir)
+    config = read_config(args.run_dir)
     models = {"base": config.base_model, "fine-tuned": str(args.run_dir)}
     loaded = {name: load_unet_and_scheduler_config(model) for name, model in models.items()}
     samplers = {

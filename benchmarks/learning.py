@@ -17,11 +17,12 @@ import numpy as np
 import torch
 from diffusers import UNet2DModel
 
-from training.config import DDPOConfig
-from training.evaluate import run_evaluation
-from training.jpeg import jpeg_sizes
-from training.pipelines import load_unet_and_scheduler_config
-from training.sampling import Rollout, StochasticSampler
+from ddpo_hub.training.config import DDPOConfig
+from ddpo_hub.training.evaluate import run_evaluation
+from ddpo_hub.training.jpeg import jpeg_sizes
+from ddpo_hub.training.pipelines import load_unet_and_scheduler_config
+from ddpo_hub.training.run_folder import read_config
+from ddpo_hub.training.sampling import Rollout, StochasticSampler
 
 
 def fixed_seed_rollout(unet: UNet2DModel, sampler: StochasticSampler, num_images: int) -> Rollout:
@@ -57,7 +58,7 @@ def main() -> None:
         "--num-steps", type=int, help="run the trained sampler with this many steps instead of the run's own"
     )
     args = parser.parse_args()
-    config = DDPOConfig.load(args.run_dir)
+    config = read_config(args.run_dir)
     base, model = config.base_model, str(args.run_dir)
     num_steps = config.num_steps if args.num_steps is None else args.num_steps
     trained = "trained" if num_steps == config.num_steps else f"trained with {config.num_steps}"

@@ -18,8 +18,8 @@ from collections.abc import Callable
 
 import torch
 
-from training.config import resolve_config
-from training.trainer import DDPOTrainer
+from ddpo_hub.training.config import resolve_config
+from ddpo_hub.training.trainer import DDPOTrainer
 
 
 def fastest(function: Callable[[], object], repeats: int) -> float:

@@ -17,10 +17,10 @@ import numpy as np
 import torch
 from learning import fixed_seed_rollout
 
-from training.advantages import normalize
-from training.pipelines import load_unet_and_scheduler_config
-from training.rewards import jpeg_compressibility
-from training.sampling import StochasticSampler
+from ddpo_hub.training.advantages import normalize
+from ddpo_hub.training.pipelines import load_unet_and_scheduler_config
+from ddpo_hub.training.rewards import jpeg_compressibility
+from ddpo_hub.training.sampling import StochasticSampler
 
 
 def main() -> None:

@@ -19,9 +19,9 @@ from pathlib import Path
 
 from learning import training_sampler_sizes
 
-from training.checkpoints import read_metrics
-from training.cli import parse_config
-from training.config import DDPOConfig
+from ddpo_hub.training.cli import parse_config
+from ddpo_hub.training.config import DDPOConfig
+from ddpo_hub.training.run_folder import read_config, read_metrics
 
 EARLIER = ["--num-samples", "64", "--epochs", "20", "--gradient-accumulation-steps", "2", "--timestep-fraction", "1"]
 """The `tiny` preset before this sweep (20 epochs of 64 samples, all timesteps); most candidates vary it."""
@@ -115,7 +115,7 @@ def main() -> None:
         run_dir = args.output_dir / name
         if not (run_dir / "model_index.json").exists():
             continue
-        config = DDPOConfig.load(run_dir)
+        config = read_config(run_dir)
         try:
             mean = training_sampler_sizes(str(run_dir), config, 64).mean()
         except (OSError, ValueError) as error:  # stopped while saving (ModelLoadError is a ValueError)

@@ -1,5 +1,5 @@
-"""Model cards for DDPO runs: `template.md` filled by `render.py`, pictures by `figures.py`, `ddpo-card` in `cli.py`."""
+"""Model cards for DDPO runs: `template.md` filled by `render.py`, pictures by `figures.py`."""
 
-from model_card.render import render_card, write_card
+from ddpo_hub.model_card.render import render_card, write_card
 
 __all__ = ["render_card", "write_card"]

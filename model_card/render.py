@@ -17,22 +17,17 @@ from pathlib import Path
 
 import jinja2
 from huggingface_hub import EvalResult, ModelCard, ModelCardData
-from huggingface_hub.errors import HFValidationError
-from huggingface_hub.utils import validate_repo_id
 from PIL import Image
 
-from model_card import figures
-from training import jpeg
-from training.checkpoints import RUN_INFO_FILENAME, SAMPLES_DIRNAME, read_metrics
-from training.config import CONFIG_FILENAME
-from training.pipelines import SCHEDULERS
+from ddpo_hub.model_card import figures
+from ddpo_hub.training import jpeg
+from ddpo_hub.training.pipelines import SCHEDULERS, hub_repo_id
+from ddpo_hub.training.run_folder import CARD_IMAGES_DIR, CARD_NAME, Run, load_run
 
 TEMPLATE_PATH = Path(__file__).with_name("template.md")
 DEFAULT_LICENSE = "apache-2.0"
 BASE_TAGS = ("pytorch", "diffusers", "unconditional-image-generation", "ddpo", "reinforcement-learning")
-IMAGES_DIR = "images"
-EVAL_RESULTS_NAME = "eval_results.json"
-_SAMPLE_NAME = re.compile(r"^epoch_(\d+)\.png$")
+IMAGES_DIR = CARD_IMAGES_DIR
 _SECRET_KEY = re.compile(r"token|secret|password", re.IGNORECASE)
 
 REWARD_DESCRIPTIONS = {
@@ -47,26 +42,6 @@ REWARD_DESCRIPTIONS = {
         "generate images full of detail that compress badly.",
     ),
 }
-
-
-class RunFolderError(ValueError):
-    """The folder is not a training run folder the card can be made from."""
-
-
-@dataclass(frozen=True)
-class Run:
-    """What a training run folder holds, as the card needs it."""
-
-    run_dir: Path
-    config: dict
-    info: dict
-    metrics: list[dict]
-    samples: list[tuple[int, Path]]
-    """`samples/epoch_XXXX.png` files as (completed epochs, path), oldest first."""
-
-    @property
-    def epochs_completed(self) -> int:
-        return int(self.info.get("epochs_completed") or (self.metrics[-1]["epoch"] if self.metrics else 0))
 
 
 @dataclass(frozen=True)
@@ -99,45 +74,13 @@ def jpeg_summary(rows: Sequence[dict], epoch: int | None = None) -> JpegSummary 
     return JpegSummary(epoch=epoch, kb=kb, base_kb=base_kb)
 
 
-def load_run(run_dir: Path) -> Run:
-    """Read a run folder; only `ddpo_config.json` is required."""
-    run_dir = Path(run_dir)
-    config_path = run_dir / CONFIG_FILENAME
-    if not config_path.is_file():
-        raise RunFolderError(f"{run_dir} is not a ddpo training run folder: it has no {CONFIG_FILENAME}.")
-    info_path = run_dir / RUN_INFO_FILENAME
-    samples = sorted(
-        (int(match.group(1)), path)
-        for path in (run_dir / SAMPLES_DIRNAME).glob("epoch_*.png")
-        if (match := _SAMPLE_NAME.match(path.name))
-    )
-    return Run(
-        run_dir=run_dir,
-        config=json.loads(config_path.read_text()),
-        info=json.loads(info_path.read_text()) if info_path.is_file() else {},
-        metrics=read_metrics(run_dir),
-        samples=samples,
-    )
-
-
-def load_eval_results(run_dir: Path) -> dict | None:
-    """`ddpo-eval`'s JSON in the run folder, if it was run."""
-    path = Path(run_dir) / EVAL_RESULTS_NAME
-    return json.loads(path.read_text()) if path.is_file() else None
-
-
 def hub_model_id(value: str | None) -> str | None:
     """`value` if it names a Hub model (`namespace/name`); None for local folders and bundled models.
 
-    Only such ids are valid `base_model` metadata; a bare name is one of the project's bundled models.
+    Only such ids are valid `base_model` metadata.
     """
-    if not value or "/" not in value or os.path.isabs(value) or Path(value).exists():
-        return None
-    try:
-        validate_repo_id(value)
-    except HFValidationError:
-        return None
-    return value
+    repo_id = hub_repo_id(value)
+    return repo_id if repo_id and "/" in repo_id else None
 
 
 def _display_model(value: str | None) -> str:
@@ -409,7 +352,7 @@ def render_card(
     `license` key, else apache-2.0.
     """
     run = load_run(run_dir)
-    evaluation = eval_results if eval_results is not None else load_eval_results(run_dir)
+    evaluation = eval_results if eval_results is not None else run.eval_results
     card, _ = _render(run, repo_id=repo_id, evaluation=evaluation, license=license)
     return card
 
@@ -424,13 +367,13 @@ def write_card(
 ) -> Path:
     """Write out_dir/README.md and the pictures it shows (out_dir/images/*.png); return the README path."""
     run = load_run(run_dir)
-    evaluation = eval_results if eval_results is not None else load_eval_results(run_dir)
+    evaluation = eval_results if eval_results is not None else run.eval_results
     card, drawn = _render(run, repo_id=repo_id, evaluation=evaluation, license=license)
     out_dir = Path(out_dir)
     if drawn:
         (out_dir / IMAGES_DIR).mkdir(parents=True, exist_ok=True)
     for name, draw in drawn.items():
         draw().save(out_dir / IMAGES_DIR / name)
-    readme = out_dir / "README.md"
+    readme = out_dir / CARD_NAME
     card.save(readme)
     return readme

@@ -15,7 +15,6 @@ import threading
 from collections import OrderedDict
 from collections.abc import Sequence
 from dataclasses import dataclass
-from pathlib import Path
 from statistics import mean
 
 import gradio as gr
@@ -24,15 +23,16 @@ from diffusers import UNet2DModel
 from gradio.processing_utils import save_bytes_to_cache
 from PIL import Image
 
-from training.jpeg import encode_jpeg
-from training.pipelines import (
+from ddpo_hub.training.jpeg import encode_jpeg
+from ddpo_hub.training.pipelines import (
     SCHEDULERS,
     TINY_BASE_MODEL,
     ModelLoadError,
     build_pipeline,
+    hub_repo_id,
+    is_local_path,
     load_unet_and_scheduler_config,
     read_base_model,
-    resolve_model_path,
     sample_seeded,
 )
 
@@ -139,13 +139,6 @@ def check_request(scheduler: str, num_inference_steps: int, num_images: int, see
         raise gr.Error(f"The seed must be a whole number between 0 and {MAX_SEED}.")
 
 
-def is_local_path(model_id: str) -> bool:
-    """Whether a typed model id names a folder on the server rather than a Hub repo or a bundled model."""
-    if resolve_model_path(model_id) != model_id:
-        return False
-    return model_id.startswith(("/", ".", "~", "\\")) or Path(model_id).exists()
-
-
 def size_caption(role: str | None, seed: int, num_bytes: int) -> str:
     """`base: 4,321 bytes (4.3 kB)` when two models are compared (the table has the seeds), else `seed 3: ...`.
 
@@ -193,7 +186,7 @@ def build_demo(
             raise gr.Error(f"This Space only serves these models: {', '.join(sorted(allowed))}.")
         if model != default_model and is_local_path(model):
             raise gr.Error("Enter a Hub model id such as 'user/model'; server folders are not served.")
-        if revision and Path(resolve_model_path(model)).is_dir():
+        if revision and hub_repo_id(model) is None:
             raise gr.Error(f"{model} is a folder on the server: revisions only apply to Hub repos.")
 
     def generate(

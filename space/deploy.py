@@ -1,8 +1,9 @@
-"""Publish the demo: `python -m space.deploy --space-id me/ddpo-demo --model-id me/ddpo-tiny`.
+"""Publish the demo: `python -m ddpo_hub.space.deploy --space-id me/ddpo-demo --model-id me/ddpo-tiny`.
 
 Creates (or updates) a Gradio Space on the Hub named by `HF_ENDPOINT` (huggingface.co by default), sets its
-`MODEL_ID` variable and uploads, in one commit, the app with the `training` modules it imports and the
-bundled default model. Those copies exist only in the Space repo, so our tree keeps one version of each.
+`MODEL_ID` variable and uploads, in one commit, the app with the `ddpo_hub.training` modules it imports (under
+`ddpo_hub/training/`, so `app.py` imports them as it does from an install) and the bundled default model.
+Those copies exist only in the Space repo, so our tree keeps one version of each.
 """
 
 from __future__ import annotations
@@ -13,13 +14,15 @@ from pathlib import Path
 
 from huggingface_hub import CommitOperationAdd, HfApi, SpaceCard
 
-import training
-from training.pipelines import TINY_BASE_MODEL, read_base_model
+from ddpo_hub import training
+from ddpo_hub.training.pipelines import TINY_BASE_MODEL, read_base_model
 
 SPACE_DIR = Path(__file__).resolve().parent
 APP_FILES = ("app.py", "requirements.txt")
 TRAINING_MODULES = ("__init__.py", "jpeg.py", "pipelines.py")
-"""The part of the `training` package that `app.py` imports."""
+"""The part of the `ddpo_hub.training` package that `app.py` imports."""
+SPACE_PACKAGE_DIR = "ddpo_hub/training"
+"""Where those modules go in the Space repo (a namespace package `ddpo_hub`, as installed)."""
 
 
 def space_card(model_id: str, base_model: str | None) -> str:
@@ -34,9 +37,11 @@ def space_files(model_id: str, base_model: str | None) -> list[CommitOperationAd
     package_dir = Path(training.__file__).resolve().parent
     operations = [CommitOperationAdd("README.md", space_card(model_id, base_model).encode())]
     operations += [CommitOperationAdd(name, SPACE_DIR / name) for name in APP_FILES]
-    operations += [CommitOperationAdd(f"training/{name}", package_dir / name) for name in TRAINING_MODULES]
+    operations += [CommitOperationAdd(f"{SPACE_PACKAGE_DIR}/{name}", package_dir / name) for name in TRAINING_MODULES]
     bundled = sorted(path for path in TINY_BASE_MODEL.rglob("*") if path.is_file())
-    operations += [CommitOperationAdd(path.relative_to(package_dir.parent).as_posix(), path) for path in bundled]
+    operations += [
+        CommitOperationAdd(f"{SPACE_PACKAGE_DIR}/{path.relative_to(package_dir).as_posix()}", path) for path in bundled
+    ]
     return operations
 
 

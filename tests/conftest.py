@@ -25,7 +25,7 @@ os.environ["HF_HUB_ETAG_TIMEOUT"] = "5"
 os.environ.pop("HF_TOKEN", None)
 os.environ.pop("HF_HUB_OFFLINE", None)
 
-pytest_plugins = ["tests.hub_server.fixtures"]
+pytest_plugins = ["tests.hub_fixtures"]
 
 import pytest  # noqa: E402
 import torch  # noqa: E402

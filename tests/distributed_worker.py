@@ -9,9 +9,9 @@ from pathlib import Path
 
 import torch
 
-from training.cli import parse_config
-from training.rewards import jpeg_compressibility
-from training.trainer import DDPOTrainer
+from ddpo_hub.training.cli import parse_config
+from ddpo_hub.training.rewards import jpeg_compressibility
+from ddpo_hub.training.trainer import DDPOTrainer
 
 _jpeg = jpeg_compressibility()
 

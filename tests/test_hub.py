@@ -17,10 +17,10 @@ import torch
 from diffusers import DDPMPipeline
 from huggingface_hub import ModelCard
 
-from model_card import cli as card_cli
+from ddpo_hub.training.cli import card_main
+from ddpo_hub.training.hub import HubPublisher, PushError, commit_title, epoch_tag, scrub_token
 from tests.conftest import make_tiny_pipeline
 from tests.run_folder import advance_run, make_run_folder, metrics_row
-from training.hub import HubPublisher, PushError, commit_title, epoch_tag, scrub_token
 
 PIPELINE_FILES = {
     "model_index.json",
@@ -178,7 +178,7 @@ def test_failed_push_is_clear_tokenless_and_published_later(hub_server, hub_toke
     assert _tree_digest(run) == before
     assert publisher.pushed_epochs() == set()
 
-    assert card_cli.main([str(run), "--push-to-hub", repo_id]) == 0  # the hint works
+    assert card_main([str(run), "--push-to-hub", repo_id]) == 0  # the hint works
     assert hub_server.repo(repo_id).tags.keys() == {"epoch-1"}
     _assert_same_weights(DDPMPipeline.from_pretrained(repo_id), make_tiny_pipeline(0))
 
@@ -198,7 +198,7 @@ def test_card_push_is_one_commit_without_model_files(hub_server, hub_token, tmp_
     with HubPublisher(repo_id, token=hub_token) as publisher:
         publisher.push_epoch(run, 2)
     (run / "metrics.jsonl").write_text("".join(json.dumps(metrics_row(e) | {"reward_std": 0.5}) + "\n" for e in (1, 2)))
-    assert card_cli.main([str(run), "--push-to-hub", repo_id]) == 0  # epoch 2 is tagged: card only
+    assert card_main([str(run), "--push-to-hub", repo_id]) == 0  # epoch 2 is tagged: card only
     commits = _new_commits(hub_server, repo_id)
     assert [c.title for c in commits] == ["Epoch 2: mean JPEG 9.50 kB (-5% vs base)", "Update model card (epoch 2)"]
     changed = {

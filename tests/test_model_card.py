@@ -14,11 +14,12 @@ from diffusers import DDIMPipeline, DDPMPipeline, PNDMPipeline
 from huggingface_hub import ModelCard
 from PIL import Image
 
-from model_card import cli, render_card, write_card
-from model_card.figures import nice_ticks
-from model_card.render import read_metrics
+from ddpo_hub.model_card import render_card, write_card
+from ddpo_hub.model_card.figures import nice_ticks
+from ddpo_hub.training import evaluate
+from ddpo_hub.training.cli import card_main
+from ddpo_hub.training.run_folder import read_metrics
 from tests.run_folder import CONFIG, make_run_folder, metrics_row, sample_grid
-from training import evaluate
 
 TAGS = ["pytorch", "diffusers", "unconditional-image-generation", "ddpo", "reinforcement-learning"]
 
@@ -197,10 +198,10 @@ def test_custom_reward_and_license(tmp_path):
 
 def test_cli_writes_the_card_into_the_run_folder(tmp_path, capsys):
     run = make_run_folder(tmp_path / "run", epochs=2)
-    assert cli.main([str(run)]) == 0
+    assert card_main([str(run)]) == 0
     assert ModelCard.load(run / "README.md").data.base_model == CONFIG["base_model"]
     assert (run / "images" / "before_after.png").is_file()
-    assert cli.main([str(tmp_path / "not-a-run")]) == 2
+    assert card_main([str(tmp_path / "not-a-run")]) == 2
     assert "no ddpo_config.json" in capsys.readouterr().err
 
 

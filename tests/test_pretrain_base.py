@@ -10,9 +10,9 @@ import torch
 from diffusers import DDPMPipeline, DDPMScheduler, UNet2DModel
 from PIL import Image
 
-from training.jpeg import jpeg_sizes
-from training.pipelines import TINY_BASE_MODEL
-from training.pretrain_base import (
+from ddpo_hub.training.jpeg import jpeg_sizes
+from ddpo_hub.training.pipelines import TINY_BASE_MODEL
+from ddpo_hub.training.pretrain_base import (
     PHOTOS,
     build_texture_dataset,
     crop_box,

@@ -1,4 +1,4 @@
-"""`python -m training.publish_job`, the CI job: train -> ddpo-eval -> push model and card -> deploy the Space.
+"""`python -m ddpo_hub.training.publish_job`, the CI job: train -> ddpo-eval -> push model and card -> deploy the Space.
 
 Runs on the random 16x16 test pipeline with a few tiny epochs and 4-step evaluation, against the session's
 loopback Hub (in process), once more as `make demo` runs it (`--local-hub`, in a fresh process), and without a
@@ -16,7 +16,7 @@ from pathlib import Path
 import pytest
 from huggingface_hub import ModelCard, SpaceCard, get_token
 
-from training import publish_job
+from ddpo_hub.training import publish_job
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 FAST = [
@@ -57,7 +57,7 @@ def test_job_trains_evaluates_publishes_and_deploys(
 
     # The Space: the app, its requirements, its card's front matter, and MODEL_ID naming the pushed model.
     space_files = hub_server.files(space_id, "space")
-    assert {"app.py", "requirements.txt", "README.md", "training/jpeg.py"} <= set(space_files)
+    assert {"app.py", "requirements.txt", "README.md", "ddpo_hub/training/jpeg.py"} <= set(space_files)
     space_card = SpaceCard(space_files["README.md"].decode())
     assert space_card.data.sdk == "gradio" and model_repo in space_card.data.models
     assert hub_api.get_space_variables(space_id)["MODEL_ID"].value == model_repo
@@ -117,7 +117,7 @@ def test_local_hub_mode_publishes_and_loads_back_in_a_fresh_process(tiny_pipelin
     env = {key: value for key, value in os.environ.items() if key not in ("HF_ENDPOINT", "HF_TOKEN")}
     argv = ["--local-hub", "--output-dir", str(tmp_path / "run"), "--base-model", tiny_pipeline_dir, *FAST]
     result = subprocess.run(
-        [sys.executable, "-m", "training.publish_job", *argv],
+        [sys.executable, "-m", "ddpo_hub.training.publish_job", *argv],
         cwd=REPO_ROOT,
         env=env,
         capture_output=True,

@@ -6,8 +6,8 @@ import pytest
 import torch
 from diffusers import DDIMScheduler, DDPMScheduler
 
+from ddpo_hub.training.sampling import StochasticSampler
 from tests.conftest import make_tiny_pipeline
-from training.sampling import StochasticSampler
 
 
 @pytest.fixture(scope="module")

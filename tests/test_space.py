@@ -25,12 +25,12 @@ from gradio_client.exceptions import AppError
 from huggingface_hub import HfApi, ModelCard, ModelCardData, snapshot_download
 from PIL import Image
 
-from space import deploy
-from space.app import ModelCache, build_demo
+from ddpo_hub.space import deploy
+from ddpo_hub.space.app import ModelCache, build_demo
+from ddpo_hub.training.jpeg import encode_jpeg, to_pil
+from ddpo_hub.training.pipelines import build_pipeline, load_unet_and_scheduler_config
+from ddpo_hub.training.rewards import jpeg_compressibility
 from tests.conftest import make_tiny_pipeline
-from training.jpeg import encode_jpeg, to_pil
-from training.pipelines import build_pipeline, load_unet_and_scheduler_config
-from training.rewards import jpeg_compressibility
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 ARTIFACTS = REPO_ROOT / "tests" / "artifacts"
@@ -267,16 +267,20 @@ def test_model_cache_is_bounded_and_keyed_by_revision(tiny_pipeline_dir, models)
 
 
 def test_deployed_space_runs_on_its_own(models, hub_server, hub_token, tmp_path, capsys):
-    """`python -m space.deploy` makes a self-contained Space repo, and `python app.py` in a copy of it serves."""
+    """`python -m ddpo_hub.space.deploy` makes a self-contained Space repo; `python app.py` in a copy of it serves."""
     space_id = hub_server.unique_repo_id("ddpo-demo")
     deploy.main(["--space-id", space_id, "--model-id", models.finetuned])
     assert space_id in capsys.readouterr().out
     api = HfApi(endpoint=hub_server.endpoint, token=hub_token)
     info = api.space_info(space_id)
     assert info.sdk == "gradio"
-    assert {"app.py", "requirements.txt", "README.md", "training/jpeg.py", "training/pipelines.py"} <= set(
-        api.list_repo_files(space_id, repo_type="space")
-    )
+    assert {
+        "app.py",
+        "requirements.txt",
+        "README.md",
+        "ddpo_hub/training/jpeg.py",
+        "ddpo_hub/training/pipelines.py",
+    } <= set(api.list_repo_files(space_id, repo_type="space"))
     variables = api.get_space_variables(space_id)
     assert variables["MODEL_ID"].value == models.finetuned
     space_dir = Path(snapshot_download(space_id, repo_type="space", local_dir=tmp_path / "space"))

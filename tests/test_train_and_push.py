@@ -8,7 +8,7 @@ import torch
 from diffusers import DDPMPipeline
 from huggingface_hub import HfApi, ModelCard
 
-from training.cli import train_main
+from ddpo_hub.training.cli import train_main
 
 TRAINING_STATE = ("checkpoints/", "logs/", "optimizer", "random_states", "metrics.jsonl", "ddpo_config.json")
 

@@ -14,11 +14,11 @@ import torch
 from diffusers import DDIMPipeline, DDPMPipeline, PNDMPipeline, UNet2DModel
 from safetensors.torch import load_file
 
-from training.checkpoints import latest_checkpoint, read_metrics
-from training.cli import train_main
-from training.config import DDPOConfig, resolve_config
-from training.rewards import jpeg_compressibility
-from training.trainer import TrainingDivergedError, train
+from ddpo_hub.training.cli import train_main
+from ddpo_hub.training.config import DDPOConfig, resolve_config
+from ddpo_hub.training.rewards import jpeg_compressibility
+from ddpo_hub.training.run_folder import latest_checkpoint, read_metrics
+from ddpo_hub.training.trainer import TrainingDivergedError, train
 
 REPO = Path(__file__).resolve().parents[1]
 FAST = dict(
@@ -76,7 +76,7 @@ def test_saved_pipeline_loads_with_stock_pipelines(finished_run, tiny_pipeline_d
         if pipeline_class is DDPMPipeline:
             pipeline = pipeline_class.from_pretrained(finished_run)
         else:  # the folder's scheduler is DDPM; users swap it through the matching pipeline class
-            from training.pipelines import build_pipeline, load_unet_and_scheduler_config
+            from ddpo_hub.training.pipelines import build_pipeline, load_unet_and_scheduler_config
 
             loaded_unet, scheduler_config = load_unet_and_scheduler_config(finished_run)
             pipeline = build_pipeline(loaded_unet, scheduler_config, pipeline_class.__name__[:4])
@@ -161,7 +161,7 @@ def test_bad_input_gets_a_clear_error(tiny_pipeline_dir, tmp_path, capsys, flags
 def test_unreachable_hub_is_named(tmp_path):
     # huggingface_hub reads HF_ENDPOINT at import, so point a fresh process at a closed loopback port.
     env = {**os.environ, "HF_ENDPOINT": "http://127.0.0.1:9", "HF_HUB_ETAG_TIMEOUT": "1", "PYTHONPATH": str(REPO)}
-    code = "from training.cli import train_main; raise SystemExit(train_main(['--base-model', 'google/ddpm-celebahq-256', '--output-dir', 'x']))"  # noqa: E501
+    code = "from ddpo_hub.training.cli import train_main; raise SystemExit(train_main(['--base-model', 'google/ddpm-celebahq-256', '--output-dir', 'x']))"  # noqa: E501
     result = subprocess.run(
         [sys.executable, "-c", code], cwd=tmp_path, env=env, capture_output=True, text=True, timeout=300
     )
@@ -172,7 +172,7 @@ def test_unreachable_hub_is_named(tmp_path):
 def test_config_file_and_flags_layer_over_the_preset(tmp_path):
     (tmp_path / "run.yaml").write_text("preset: tiny\nepochs: 7\nlearning-rate: 0.001\n")
     (tmp_path / "run.toml").write_text('preset = "celebahq-256"\nnum_steps = 50\n')
-    from training.cli import parse_config
+    from ddpo_hub.training.cli import parse_config
 
     config = parse_config(["--config", str(tmp_path / "run.yaml"), "--epochs", "9"])
     assert (config.preset, config.epochs, config.learning_rate, config.base_model) == (

@@ -15,7 +15,7 @@ from pathlib import Path
 import pytest
 import yaml
 
-from training import publish_job
+from ddpo_hub.training import publish_job
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 WORKFLOWS = REPO_ROOT / ".github" / "workflows"

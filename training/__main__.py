@@ -1,5 +1,5 @@
 import sys
 
-from training.cli import train_main
+from ddpo_hub.training.cli import train_main
 
 sys.exit(train_main())

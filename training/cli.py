@@ -1,17 +1,22 @@
-"""`ddpo-train`: command-line flags generated from `DDPOConfig`, so every field is settable."""
+"""The entry points: `ddpo-train` (flags generated from `DDPOConfig`, so every field is settable) and `ddpo-card`.
+
+This is where the parts are composed: the trainer trains, then the run is evaluated, carded and published.
+"""
 
 from __future__ import annotations
 
 import argparse
+import json
 import logging
 import sys
 import types
 import typing
 from collections.abc import Sequence
 from dataclasses import MISSING, fields
+from pathlib import Path
 
-from training.config import PRESETS, DDPOConfig, field_docs, resolve_config
-from training.pipelines import ModelLoadError
+from ddpo_hub.training.config import PRESETS, DDPOConfig, field_docs, resolve_config
+from ddpo_hub.training.pipelines import ModelLoadError
 
 
 def _base_type(name: str) -> type:
@@ -53,16 +58,110 @@ def parse_config(argv: Sequence[str] | None = None) -> DDPOConfig:
     return resolve_config(config_file=config_file, overrides=overrides)
 
 
+def run_training(config: DDPOConfig) -> Path:
+    """Train, then evaluate (`eval_num_images` > 0) and publish (`push_to_hub`): what `ddpo-train` does.
+
+    Publishing is composed around the trainer: intermediate epochs are pushed as the trainer saves them
+    (every `push_every`), the last one after the evaluation so that its card carries the results.
+    """
+    from ddpo_hub.training.run_folder import resolve_resume
+    from ddpo_hub.training.trainer import DDPOTrainer
+
+    publisher = None
+
+    def push_saved_epoch(run_dir: Path, epoch: int) -> None:
+        if publisher is not None and epoch % config.push_every == 0 and epoch != config.epochs:
+            publisher.push_epoch(run_dir, epoch)
+
+    trainer = DDPOTrainer(config, on_epoch_saved=push_saved_epoch)
+    if config.push_to_hub and trainer.is_main:  # before training: a bad repo or token fails fast
+        from ddpo_hub.training.hub import HubPublisher
+
+        publisher = HubPublisher(
+            config.push_to_hub,
+            private=config.hub_private,
+            revision=config.hub_revision,
+            replace_earlier_run=resolve_resume(config.output_dir, config.resume) is None,
+        )
+    try:
+        run_dir = trainer.train()
+        finished = trainer.progress.epoch == config.epochs
+        if finished and trainer.is_main and config.eval_num_images > 0:
+            from ddpo_hub.training.evaluate import evaluate_run
+
+            evaluate_run(
+                run_dir,
+                schedulers=config.eval_schedulers,
+                num_inference_steps=config.eval_num_inference_steps,
+                num_images=config.eval_num_images,
+                seed=config.seed,
+                device=str(trainer.accelerator.device),
+            )
+        if finished and trainer.is_main:
+            from ddpo_hub.model_card.render import write_card
+
+            write_card(run_dir, run_dir, repo_id=config.push_to_hub)
+        if finished and publisher is not None:
+            publisher.push_epoch(run_dir, config.epochs)
+    finally:
+        if publisher is not None:
+            publisher.wait()  # uploads run in the background; a failure raises PushError here
+    return run_dir
+
+
 def train_main(argv: Sequence[str] | None = None) -> int:
-    """Entry point of `ddpo-train` and `python -m training`."""
-    from training.hub import PushError
-    from training.trainer import TrainingDivergedError, train
+    """Entry point of `ddpo-train` and `python -m ddpo_hub.training`."""
+    from ddpo_hub.training.hub import PushError
+    from ddpo_hub.training.trainer import TrainingDivergedError
 
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     try:
-        run_dir = train(parse_config(argv))
-    except (ValueError, FileNotFoundError, ModelLoadError, TrainingDivergedError, PushError) as error:
+        run_dir = run_training(parse_config(argv))
+    except (ValueError, ImportError, FileNotFoundError, ModelLoadError, TrainingDivergedError, PushError) as error:
         print(f"ddpo-train: error: {error}", file=sys.stderr)
         return 2
     print(f"Done. The fine-tuned pipeline, metrics and sample grids are in {run_dir}/")
+    return 0
+
+
+def _card_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="ddpo-card",
+        description=(
+            "Write RUN_DIR/README.md and RUN_DIR/images/ from the run's config, metrics, samples and "
+            "eval_results.json (from ddpo-eval), and optionally push them to the Hub."
+        ),
+    )
+    parser.add_argument("run_dir", type=Path, metavar="RUN_DIR", help="A ddpo-train run folder.")
+    parser.add_argument(
+        "--push-to-hub",
+        metavar="REPO_ID",
+        help="Upload the card as one commit; if the run's last epoch was never published, push it (model and card).",
+    )
+    parser.add_argument("--hub-revision", metavar="BRANCH", help="Branch to push to (created if missing).")
+    parser.add_argument("--hub-private", action="store_true", help="Create the repo as private if it is new.")
+    return parser
+
+
+def card_main(argv: Sequence[str] | None = None) -> int:
+    """Entry point of `ddpo-card`: (re)write a run's model card and optionally publish it."""
+    from ddpo_hub.model_card.render import write_card
+    from ddpo_hub.training.hub import HubPublisher, PushError
+    from ddpo_hub.training.run_folder import RunFolderError
+
+    args = _card_parser().parse_args(argv)
+    try:
+        readme = write_card(args.run_dir, args.run_dir, repo_id=args.push_to_hub)
+    except (RunFolderError, OSError, json.JSONDecodeError) as error:
+        print(f"ddpo-card: error: {error}", file=sys.stderr)
+        return 2
+    print(f"Wrote {readme}")
+    if args.push_to_hub:
+        try:
+            with HubPublisher(args.push_to_hub, private=args.hub_private, revision=args.hub_revision) as publisher:
+                publisher.push_latest(args.run_dir)
+        except PushError as error:
+            print(f"ddpo-card: error: {error}", file=sys.stderr)
+            return 1
+        print(f"Pushed to {args.push_to_hub}" + (f" (branch {args.hub_revision})" if args.hub_revision else ""))
     return 0

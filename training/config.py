@@ -1,7 +1,7 @@
 """`DDPOConfig`: every setting of a run, documented once; presets, config files and CLI flags all feed it.
 
 Precedence, lowest first: the dataclass defaults, the preset, the config file, command-line flags.
-The resolved config is saved as `ddpo_config.json` in the run folder.
+The run folder (`run_folder.write_config`) saves the resolved config as `ddpo_config.json`.
 """
 
 from __future__ import annotations
@@ -9,7 +9,6 @@ from __future__ import annotations
 import ast
 import dataclasses
 import inspect
-import json
 import textwrap
 import tomllib
 from dataclasses import dataclass, field, fields
@@ -18,7 +17,10 @@ from typing import Any
 
 import yaml
 
-CONFIG_FILENAME = "ddpo_config.json"
+from ddpo_hub.training.extras import require_extra
+
+EVAL_SCHEDULERS = ("rollout", "ddpm", "ddim", "pndm")
+"""What `eval_schedulers` may name (see `evaluate.resolve_samplers`)."""
 
 
 @dataclass
@@ -115,8 +117,11 @@ class DDPOConfig:
     """Images in each sample grid."""
     eval_num_images: int = 0
     """When positive, evaluate the final model against its base on this many fixed-seed images."""
-    eval_schedulers: list[str] = field(default_factory=lambda: ["ddpm", "ddim", "pndm"])
-    """Samplers used by the final evaluation."""
+    eval_schedulers: list[str] = field(default_factory=lambda: ["rollout", "ddim", "pndm"])
+    """Samplers of the end-of-run evaluation: `rollout` (the sampler trained on, as a stock pipeline), `ddim`,
+    `pndm` (50 steps) or `ddpm` (1000 steps: 20x the cost of the others)."""
+    eval_num_inference_steps: str | None = None
+    """Steps of the evaluated stock schedulers, as ddpo-eval's `--num-inference-steps` (e.g. `ddpm=250`)."""
 
     # --- Hub ---
     push_to_hub: str | None = None
@@ -158,6 +163,15 @@ class DDPOConfig:
             raise ValueError(f"--mixed-precision must be 'no', 'fp16' or 'bf16', got {self.mixed_precision!r}.")
         if self.learning_rate <= 0 or self.clip_range <= 0 or self.adv_clip_max <= 0:
             raise ValueError("--learning-rate, --clip-range and --adv-clip-max must be positive.")
+        unknown = sorted(set(name.lower() for name in self.eval_schedulers) - set(EVAL_SCHEDULERS))
+        if unknown:
+            raise ValueError(
+                f"--eval-schedulers: unknown {', '.join(map(repr, unknown))}; choose from {', '.join(EVAL_SCHEDULERS)}."
+            )
+        if self.eval_num_images < 0:
+            raise ValueError(f"--eval-num-images must be 0 (no evaluation) or positive, got {self.eval_num_images}.")
+        if self.use_lora:
+            require_extra("peft", extra="lora", feature="LoRA training (--use-lora)")
         per_round = self.sample_batch_size * num_processes
         if self.num_samples % per_round:
             raise ValueError(
@@ -178,18 +192,6 @@ class DDPOConfig:
 
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)
-
-    def save(self, run_dir: str | Path) -> Path:
-        """Write `ddpo_config.json` into the run folder."""
-        path = Path(run_dir) / CONFIG_FILENAME
-        path.parent.mkdir(parents=True, exist_ok=True)
-        path.write_text(json.dumps(self.to_dict(), indent=2) + "\n")
-        return path
-
-    @classmethod
-    def load(cls, run_dir: str | Path) -> DDPOConfig:
-        """Read the `ddpo_config.json` of a run folder."""
-        return cls(**json.loads((Path(run_dir) / CONFIG_FILENAME).read_text()))
 
 
 PRESETS: dict[str, dict[str, Any]] = {

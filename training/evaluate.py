@@ -35,6 +35,7 @@ import platform
 import statistics
 import sys
 from collections.abc import Sequence
+from dataclasses import dataclass
 from pathlib import Path
 
 import diffusers
@@ -43,22 +44,34 @@ from huggingface_hub.errors import HfHubHTTPError
 from PIL import Image
 from tqdm.auto import tqdm
 
-from training import jpeg
-from training.hub import scrub_token
-from training.pipelines import (
+from ddpo_hub.training import jpeg
+from ddpo_hub.training.extras import require_extra
+from ddpo_hub.training.pipelines import (
     ModelLoadError,
     build_pipeline,
+    hub_repo_id,
     load_unet_and_scheduler_config,
     read_base_model,
     sample_seeded,
     scheduler_choice,
 )
+from ddpo_hub.training.redaction import scrub_token
+from ddpo_hub.training.run_folder import (
+    CONFIG_NAME,
+    EVAL_IMAGES_DIR,
+    EVAL_RESULTS_NAME,
+    RunFolderError,
+    image_grid,
+    load_run,
+)
 
 logger = logging.getLogger(__name__)
 
 SCHEMA_VERSION = 1
-EVAL_RESULTS_NAME = "eval_results.json"
-GRID_DIR_NAME = "eval_images"
+ROLLOUT = "rollout"
+"""`--schedulers rollout`: the sampler a run trained on (its scheduler, `--num-steps`, `--eta`) as a stock pipeline."""
+DEFAULT_SCHEDULERS = ("ddpm", "ddim", "pndm")
+"""What `ddpo-eval` compares by default; a run's end-of-run evaluation uses `DDPOConfig.eval_schedulers`."""
 GRID_COLUMNS = 8
 """Seeds shown in each per-scheduler before/after grid (the first ones)."""
 
@@ -84,26 +97,61 @@ def parse_num_inference_steps(text: str | None, schedulers: Sequence[str]) -> di
     return steps
 
 
-def _resolve_steps(schedulers: Sequence[str], num_inference_steps: dict[str, int] | None) -> dict[str, int]:
-    """Steps per evaluated scheduler (lower-case key): the given value or the default, range-checked.
+@dataclass(frozen=True)
+class EvalSampler:
+    """One evaluated sampler: a stock diffusers scheduler, its step count and (DDIM only) eta."""
 
-    Steps for schedulers that are not evaluated are ignored (one `--num-inference-steps` for any
-    `--schedulers`), but unknown scheduler names are errors.
+    key: str
+    """Key in `eval_results.json`: ddpm, ddim, pndm or rollout."""
+    scheduler: str
+    """DDPM, DDIM or PNDM."""
+    num_inference_steps: int
+    eta: float | None = None
+
+    @property
+    def name(self) -> str:
+        if self.key == ROLLOUT:
+            return f"{self.scheduler}" + (f", eta {self.eta:g}" if self.eta is not None else "") + " (trained)"
+        return self.scheduler
+
+
+def resolve_samplers(
+    schedulers: Sequence[str],
+    num_inference_steps: dict[str, int] | None = None,
+    *,
+    rollout: tuple[str, int, float] | None = None,
+) -> list[EvalSampler]:
+    """The evaluated samplers: steps as given or the scheduler's default, range-checked.
+
+    `rollout` is the run's (scheduler, num_steps, eta), needed for the `rollout` entry. Steps for
+    schedulers that are not evaluated are ignored (one `--num-inference-steps` for any `--schedulers`),
+    but unknown scheduler names are errors.
     """
     given = {}
     for name, steps in (num_inference_steps or {}).items():
         scheduler_choice(name)  # an unknown name is an error, not silently ignored
         given[name.lower()] = steps
-    resolved = {}
-    for key in (name.lower() for name in schedulers):
+    samplers = []
+    for key in dict.fromkeys(name.strip().lower() for name in schedulers):
+        if key == ROLLOUT:
+            if rollout is None:
+                raise ValueError("'rollout' evaluates a run's own sampler: give a run folder as the model.")
+            kind, steps, eta = rollout
+            samplers.append(EvalSampler(ROLLOUT, kind.upper(), steps, eta if kind.lower() == "ddim" else None))
+            continue
         choice = scheduler_choice(key)
         steps = given.get(key, choice.default_steps)
         if not choice.min_steps <= steps <= choice.max_steps:
             raise ValueError(
                 f"{key} needs between {choice.min_steps} and {choice.max_steps} inference steps, got {steps}."
             )
-        resolved[key] = steps
-    return resolved
+        samplers.append(EvalSampler(key, key.upper(), steps))
+    return samplers
+
+
+def image_steps(samplers: Sequence[EvalSampler], num_images: int, num_models: int) -> int:
+    """UNet evaluations of one image each that an evaluation costs: what its run time is proportional to."""
+    return num_models * num_images * sum(sampler.num_inference_steps for sampler in samplers)
 
 
 def byte_stats(sizes: Sequence[int]) -> dict:
@@ -124,34 +172,24 @@ def generate(
     seeds: Sequence[int],
     num_inference_steps: int,
     batch_size: int,
+    eta: float | None = None,
     progress: tqdm | None = None,
 ) -> list[Image.Image]:
     """Sample one image per seed, in batches, each from its own CPU generator (batch-size independent)."""
     images: list[Image.Image] = []
     for start in range(0, len(seeds), batch_size):
         chunk = seeds[start : start + batch_size]
-        images.extend(sample_seeded(pipeline, chunk, num_inference_steps))
+        images.extend(sample_seeded(pipeline, chunk, num_inference_steps, eta=eta))
         if progress is not None:
             progress.update(len(chunk))
     return images
-
-
-def _pair_grid(rows: Sequence[Sequence[Image.Image]], gap: int = 2) -> Image.Image:
-    """Paste rows of equally sized images, `gap` white pixels apart (row 0 = base, row 1 = fine-tuned)."""
-    width, height = rows[0][0].size
-    columns = max(len(row) for row in rows)
-    grid = Image.new("RGB", (columns * (width + gap) - gap, len(rows) * (height + gap) - gap), "white")
-    for r, row in enumerate(rows):
-        for c, image in enumerate(row):
-            grid.paste(image.convert("RGB"), (c * (width + gap), r * (height + gap)))
-    return grid
 
 
 def run_evaluation(
     model: str,
     base: str | None,
     *,
-    schedulers: Sequence[str],
+    schedulers: Sequence[str] | Sequence[EvalSampler],
     num_images: int,
     seed: int = 0,
     num_inference_steps: dict[str, int] | None = None,
@@ -171,7 +209,10 @@ def run_evaluation(
         raise ValueError("batch_size must be at least 1.")
     if not schedulers:
         raise ValueError("Give at least one scheduler (ddpm, ddim, pndm).")
-    steps = _resolve_steps(schedulers, num_inference_steps)
+    if all(isinstance(sampler, EvalSampler) for sampler in schedulers):
+        samplers = list(schedulers)
+    else:
+        samplers = resolve_samplers(schedulers, num_inference_steps, rollout=_run_sampler(model))
     device = device or ("cuda" if torch.cuda.is_available() else "cpu")
     seeds = list(range(seed, seed + num_images))
     roles = {"model": (model, revision)} | ({"base": (base, None)} if base else {})
@@ -191,24 +232,33 @@ def run_evaluation(
             "diffusers": diffusers.__version__,
             "python": platform.python_version(),
         },
-        "schedulers": {key: {"name": key.upper(), "num_inference_steps": n} for key, n in steps.items()},
+        "schedulers": {
+            sampler.key: {"name": sampler.name, "num_inference_steps": sampler.num_inference_steps}
+            | ({"eta": sampler.eta} if sampler.eta is not None else {})
+            for sampler in samplers
+        },
     }
-    samples: Samples = {key: {} for key in steps}
-    progress = tqdm(total=len(roles) * len(steps) * num_images, unit="img", desc="ddpo-eval")
+    samples: Samples = {sampler.key: {} for sampler in samplers}
+    progress = tqdm(total=len(roles) * len(samplers) * num_images, unit="img", desc="ddpo-eval")
     try:
         for role, (name, role_revision) in roles.items():
             unet, scheduler_config = load_unet_and_scheduler_config(name, revision=role_revision)
             unet = unet.to(device).eval()
             results.setdefault("image_size", unet.config.sample_size)
-            for key, n_steps in steps.items():
-                progress.set_description(f"{role} {key}")
-                pipeline = build_pipeline(unet, scheduler_config, key)
+            for sampler in samplers:
+                progress.set_description(f"{role} {sampler.key}")
+                pipeline = build_pipeline(unet, scheduler_config, sampler.scheduler)
                 pipeline.set_progress_bar_config(disable=True)
                 images = generate(
-                    pipeline, seeds=seeds, num_inference_steps=n_steps, batch_size=batch_size, progress=progress
+                    pipeline,
+                    seeds=seeds,
+                    num_inference_steps=sampler.num_inference_steps,
+                    batch_size=batch_size,
+                    eta=sampler.eta,
+                    progress=progress,
                 )
-                samples[key][role] = images
-                results["schedulers"][key][role] = byte_stats(jpeg.jpeg_sizes(images))
+                samples[sampler.key][role] = images
+                results["schedulers"][sampler.key][role] = byte_stats(jpeg.jpeg_sizes(images))
             del unet
     finally:
         progress.close()
@@ -225,7 +275,7 @@ def save_grids(results: dict, samples: Samples, grid_dir: Path, *, relative_to: 
     for key, by_role in samples.items():
         rows = [by_role[role][:GRID_COLUMNS] for role in ("base", "model") if role in by_role]
         path = grid_dir / f"{key}.png"
-        _pair_grid(rows).save(path)
+        image_grid([image for row in rows for image in row], columns=len(rows[0]), gap=2).save(path)
         results["schedulers"][key]["grid"] = {
             "path": (path.relative_to(relative_to) if relative_to else path).as_posix(),
             "rows": [role for role in ("base", "model") if role in by_role],
@@ -237,7 +287,7 @@ def write_evaluation(results: dict, samples: Samples, output: Path, *, grids: bo
     """Write the evaluation JSON (and, beside it, the base-over-model grids the card shows)."""
     output.parent.mkdir(parents=True, exist_ok=True)
     if grids:
-        save_grids(results, samples, output.parent / GRID_DIR_NAME, relative_to=output.parent)
+        save_grids(results, samples, output.parent / EVAL_IMAGES_DIR, relative_to=output.parent)
     output.write_text(json.dumps(results, indent=2) + "\n")
     return output
 
@@ -255,6 +305,7 @@ def push_eval_dataset(
     Columns: `image` (PNG), `model` (the model id as given, a local folder by its name), `role`
     ("model" or "base"), `scheduler`, `num_inference_steps`, `seed`, `jpeg_bytes`.
     """
+    require_extra("datasets", extra="dataset", feature="ddpo-eval --push-dataset")
     from datasets import Dataset, Features, Value
     from datasets import Image as ImageFeature
 
@@ -302,14 +353,72 @@ def _display_name(model: str | None) -> str | None:
     return path.name if path.exists() else model
 
 
+def _run_sampler(model: str) -> tuple[str, int, float] | None:
+    """(scheduler, num_steps, eta) of the run folder `model` trained with; None for other models."""
+    if hub_repo_id(model) or not (Path(model) / CONFIG_NAME).is_file():
+        return None
+    config = load_run(model).config
+    return str(config.get("scheduler", "ddim")), int(config.get("num_steps", 20)), float(config.get("eta", 1.0))
+
+
 def default_base_model(model: str, *, revision: str | None = None) -> str | None:
-    """The base a model was fine-tuned from: its run folder's `ddpo_config.json`, else its card's `base_model`."""
-    config_path = Path(model) / "ddpo_config.json"
-    if config_path.is_file():
-        base = json.loads(config_path.read_text()).get("base_model")
+    """The base a model was fine-tuned from: its run folder's record, else its card's `base_model`."""
+    if not hub_repo_id(model) and (Path(model) / CONFIG_NAME).is_file():
+        try:
+            base = load_run(model).base_model_path
+        except RunFolderError:
+            base = None
         if base:
             return str(base)
     return read_base_model(model, revision=revision)
+
+
+def evaluate_run(
+    run_dir: Path,
+    *,
+    schedulers: Sequence[str],
+    num_images: int,
+    num_inference_steps: str | None = None,
+    seed: int = 0,
+    device: str | None = None,
+) -> Path:
+    """The end-of-run evaluation: the run against its base, written as the run folder's `eval_results.json`.
+
+    Prints its cost (image-steps and, from the run's measured sampling speed, an estimated time) before it starts.
+    """
+    run = load_run(run_dir)
+    base = default_base_model(str(run_dir))
+    steps = parse_num_inference_steps(num_inference_steps, [name for name in schedulers if name != ROLLOUT])
+    samplers = resolve_samplers(schedulers, steps, rollout=_run_sampler(str(run_dir)))
+    cost = image_steps(samplers, num_images, 2 if base else 1)
+    estimate = _estimated_seconds(run, cost)
+    print(
+        f"Evaluating {num_images} fixed-seed images of the fine-tuned model"
+        + (" and its base" if base else "")
+        + " with "
+        + ", ".join(f"{sampler.name} {sampler.num_inference_steps} steps" for sampler in samplers)
+        + f": {cost:,} image-steps"
+        + (f", about {_duration(estimate)} at this run's sampling speed." if estimate else "."),
+        flush=True,
+    )
+    results, samples = run_evaluation(
+        str(run_dir), base, schedulers=samplers, num_images=num_images, seed=seed, device=device
+    )
+    return write_evaluation(results, samples, Path(run_dir) / EVAL_RESULTS_NAME)
+
+
+def _estimated_seconds(run, cost: int) -> float | None:
+    """`cost` image-steps at the sampling speed the run's last epoch measured (per image and step)."""
+    if not run.metrics or not run.metrics[-1].get("seconds_sampling"):
+        return None
+    processes = int((run.info.get("hardware") or {}).get("num_processes", 1))
+    per_process = int(run.config.get("num_samples", 1)) // max(processes, 1)
+    image_steps_sampled = per_process * int(run.config.get("num_steps", 1))
+    return float(run.metrics[-1]["seconds_sampling"]) / max(image_steps_sampled, 1) * cost
+
+
+def _duration(seconds: float) -> str:
+    return f"{seconds:.0f} s" if seconds < 90 else f"{seconds / 60:.1f} min"
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -324,7 +433,11 @@ def _parser() -> argparse.ArgumentParser:
     )
     parser.add_argument("--no-base", action="store_true", help="Evaluate the model alone.")
     parser.add_argument("--revision", help="Revision (branch, tag, commit) of --model on the Hub.")
-    parser.add_argument("--schedulers", default="ddpm,ddim,pndm", help="Comma-separated: ddpm, ddim, pndm.")
+    parser.add_argument(
+        "--schedulers",
+        default=",".join(DEFAULT_SCHEDULERS),
+        help="Comma-separated: ddpm, ddim, pndm, and for a run folder 'rollout' (the sampler it trained on).",
+    )
     parser.add_argument("--num-images", type=int, default=64)
     parser.add_argument("--seed", type=int, default=0, help="Image i uses seed SEED+i, for both models.")
     parser.add_argument(
@@ -338,7 +451,7 @@ def _parser() -> argparse.ArgumentParser:
         type=Path,
         help=f"JSON to write (default: MODEL/{EVAL_RESULTS_NAME} for a local folder, else ./{EVAL_RESULTS_NAME}).",
     )
-    parser.add_argument("--no-grids", action="store_true", help=f"Do not write {GRID_DIR_NAME}/<scheduler>.png.")
+    parser.add_argument("--no-grids", action="store_true", help=f"Do not write {EVAL_IMAGES_DIR}/<scheduler>.png.")
     parser.add_argument("--push-dataset", metavar="REPO_ID", help="Also push the images as a Hub dataset.")
     parser.add_argument("--dataset-private", action="store_true", help="Make the --push-dataset repo private.")
     return parser

@@ -19,10 +19,12 @@ from concurrent.futures import Future
 from dataclasses import dataclass
 from pathlib import Path
 
-from huggingface_hub import CommitInfo, CommitOperationAdd, HfApi, get_token
+from huggingface_hub import CommitInfo, CommitOperationAdd, HfApi
 from huggingface_hub.errors import HfHubHTTPError
 
-from model_card.render import RunFolderError, jpeg_summary, load_run, read_metrics, write_card
+from ddpo_hub.model_card.render import jpeg_summary, write_card
+from ddpo_hub.training.redaction import scrub_token
+from ddpo_hub.training.run_folder import RunFolderError, load_run, read_metrics
 
 logger = logging.getLogger(__name__)
 
@@ -30,8 +32,6 @@ PIPELINE_FILES = ("model_index.json", "unet/*.json", "unet/*.safetensors", "sche
 """What a pushed epoch holds besides the card: the `DDPMPipeline` folder, safetensors weights only."""
 
 _EPOCH_TAG = re.compile(r"^epoch-(\d+)$")
-_TOKEN_LIKE = re.compile(r"\bhf_[A-Za-z0-9]{16,}\b")
-_REDACTED = "***"
 _HTTP_PACKAGES = {"httpx", "httpx2", "httpcore", "httpcore2", "requests", "urllib3"}
 
 
@@ -56,13 +56,6 @@ def commit_title(rows: Sequence[dict], epoch: int) -> str:
     if summary is None:
         return f"Epoch {epoch}"
     return f"Epoch {epoch}: mean JPEG {summary.kb:.2f} kB ({summary.change_text} vs base)"
-
-
-def scrub_token(text: str, token: str | None = None) -> str:
-    """`text` with the given token, HF_TOKEN or the stored login, and anything token-shaped masked."""
-    for secret in {token, get_token()} - {None, ""}:
-        text = text.replace(secret, _REDACTED)
-    return _TOKEN_LIKE.sub(_REDACTED, text)
 
 
 def stage_pipeline(run_dir: Path, target: Path) -> list[Path]:

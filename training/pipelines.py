@@ -80,20 +80,56 @@ def build_pipeline(unet: UNet2DModel, scheduler_config: dict, scheduler: str) ->
     return choice.pipeline_class(unet=unet, scheduler=choice.scheduler_class.from_config(scheduler_config))
 
 
-def sample_seeded(pipeline: DiffusionPipeline, seeds: Sequence[int], num_inference_steps: int) -> list[Image.Image]:
+def sample_seeded(
+    pipeline: DiffusionPipeline, seeds: Sequence[int], num_inference_steps: int, *, eta: float | None = None
+) -> list[Image.Image]:
     """One image per seed, each drawn from its own CPU generator, so image i depends on seeds[i] alone.
 
     Evaluation and the Space both sample this way, so the same seed gives the same picture in both,
-    whatever the batch size.
+    whatever the batch size. `eta` is passed to DDIM pipelines only (the others have none).
     """
     generators = [torch.Generator("cpu").manual_seed(seed) for seed in seeds]
-    return pipeline(batch_size=len(seeds), generator=generators, num_inference_steps=num_inference_steps).images
+    options = {"eta": eta} if eta is not None else {}
+    return pipeline(
+        batch_size=len(seeds), generator=generators, num_inference_steps=num_inference_steps, **options
+    ).images
+
+
+def bundled_models() -> dict[str, Path]:
+    """The models shipped with the project, by name (matched exactly: a name is never joined to a path)."""
+    return {path.name: path for path in BUNDLED_MODELS_DIR.iterdir() if (path / "unet").is_dir()}
 
 
 def resolve_model_path(model: str | os.PathLike) -> str:
     """Map the name of a bundled model to its folder; leave Hub ids and other paths unchanged."""
-    bundled = BUNDLED_MODELS_DIR / str(model)
-    return str(bundled) if bundled.is_dir() else str(model)
+    return str(bundled_models().get(str(model), model))
+
+
+def is_local_path(model: str | os.PathLike) -> bool:
+    """Whether `model` names a file or folder on this machine, rather than a bundled model or a Hub repo id.
+
+    The one test of "path or Hub id" that loading, the card and the Space share.
+    """
+    text = str(model)
+    if text in bundled_models():
+        return False
+    if text.startswith(("/", ".", "~", "\\")) or text.count("/") > 1:
+        return True
+    try:
+        return Path(text).exists()
+    except OSError:  # e.g. a name longer than the file system allows: not a path here
+        return False
+
+
+def hub_repo_id(model: str | os.PathLike | None) -> str | None:
+    """`model` if it is a valid Hub repo id and neither a local path nor a bundled model; else None."""
+    if not model or is_local_path(model) or str(model) in bundled_models():
+        return None
+    try:
+        validate_repo_id(str(model))
+    except HFValidationError:
+        return None
+    return str(model)
 
 
 def fetch_pipeline_folder(
@@ -108,19 +144,17 @@ def fetch_pipeline_folder(
     surface as huggingface_hub's specific exceptions, which we turn into one readable `ModelLoadError`.
     """
     source = resolve_model_path(model)
-    path = Path(source)
-    if path.exists():
+    if source != str(model) or is_local_path(source):
+        path = Path(source)
+        if not path.exists():
+            raise ModelLoadError(f"No such model folder: {source!r}.")
         if not (path / "unet" / "config.json").is_file() or not (path / "scheduler").is_dir():
             raise ModelLoadError(
                 f"{source!r} is a folder but not a diffusers pipeline: it needs 'unet/config.json' and 'scheduler/'."
             )
         return path
-    if source.startswith((".", "/", "~")) or source.count("/") > 1:
-        raise ModelLoadError(f"No such model folder: {source!r}.")
-    try:
-        validate_repo_id(source)
-    except HFValidationError as error:
-        raise ModelLoadError(f"{source!r} is neither an existing folder nor a valid Hub repo id.") from error
+    if hub_repo_id(source) is None:
+        raise ModelLoadError(f"{source!r} is neither an existing folder nor a valid Hub repo id.")
     try:
         folder = snapshot_download(
             source,

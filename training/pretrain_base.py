@@ -5,7 +5,7 @@ This script builds a texture data set from the photographs bundled with scikit-i
 CPU-sized `UNet2DModel` with the standard DDPM noise-prediction loss, and saves the EMA weights as a
 `DDPMPipeline` folder. See `training/base_models/README.md` for the exact runs that produced the shipped model:
 
-    OMP_WAIT_POLICY=PASSIVE python -m training.pretrain_base --output-dir training/base_models/tiny-textures-32
+    OMP_WAIT_POLICY=PASSIVE python -m ddpo_hub.training.pretrain_base --output-dir training/base_models/tiny-textures-32
 
 (the defaults are the settings of its first stage), then a second stage that continues it (`--init-from`) with
 half of each batch at t < 100 (`--low-timestep-fraction`). Passive OpenMP waiting keeps 2 threads fast on a
@@ -22,8 +22,8 @@ import time
 from collections.abc import Sequence
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
+from typing import TYPE_CHECKING
 
-import datasets
 import numpy as np
 import torch
 import torch.nn.functional as F
@@ -32,6 +32,11 @@ from diffusers.optimization import get_scheduler
 from diffusers.training_utils import EMAModel
 from PIL import Image
 from tqdm.auto import tqdm
+
+from ddpo_hub.training.extras import require_extra
+
+if TYPE_CHECKING:
+    import datasets
 
 PHOTOS: dict[str, float] = {
     # Colour photographs: objects, faces, fur, food, sky, microscopy, star fields.
@@ -85,6 +90,9 @@ def build_texture_dataset(num_images: int, size: int = 32, seed: int = 0) -> dat
     The crops are resized in a thread pool (Pillow releases the GIL while resampling), which changes nothing
     but the wall time: every random draw is made first, in order, from one generator.
     """
+    require_extra("datasets", extra="dataset", feature="Building the texture data set")
+    import datasets
+
     rng = np.random.default_rng(seed)
     names = list(PHOTOS)
     weights = np.array([PHOTOS[name] for name in names])

@@ -1,4 +1,4 @@
-"""`python -m training.publish_job`: train a preset, evaluate it, publish the model, its card and the demo Space.
+"""`python -m ddpo_hub.training.publish_job`: train a preset, evaluate it, publish the model, its card and the Space.
 
 This is the whole job of `.github/workflows/train-and-publish.yml` (which only passes inputs and the HF_TOKEN
 secret) and of `make demo` (with `--local-hub`), so the CI job can be run and tested on any machine. Flags this
@@ -21,11 +21,9 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 if TYPE_CHECKING:
-    from training.config import DDPOConfig
+    from ddpo_hub.training.config import DDPOConfig
 
 SKIPPED_NOTICE = "HF_TOKEN is not set: trained and evaluated, publishing skipped"
-EVAL_SCHEDULERS = ("ddim", "pndm")
-"""Evaluated by default: DDPM's 1000 steps would cost 20 times their 50 (add it with `--eval-schedulers`)."""
 
 
 class PublishedModelMismatchError(RuntimeError):
@@ -34,7 +32,7 @@ class PublishedModelMismatchError(RuntimeError):
 
 def _parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
-        prog="python -m training.publish_job",
+        prog="python -m ddpo_hub.training.publish_job",
         description="Train a preset with DDPO, evaluate it with ddpo-eval, push the model and its card to the Hub "
         "and deploy the demo Space. Unknown flags are passed on to ddpo-train.",
         allow_abbrev=False,  # an abbreviation would swallow a ddpo-train flag
@@ -47,10 +45,6 @@ def _parser() -> argparse.ArgumentParser:
     parser.add_argument("--no-space", action="store_true", help="Push the model but do not deploy the Space.")
     parser.add_argument("--private", action="store_true", help="Create new repos as private.")
     parser.add_argument("--eval-num-images", type=int, default=32, help="Images per model and scheduler (default: 32).")
-    parser.add_argument(
-        "--eval-schedulers", nargs="+", default=list(EVAL_SCHEDULERS), help="Of ddpm, ddim, pndm (default: ddim pndm)."
-    )
-    parser.add_argument("--eval-num-inference-steps", help="As ddpo-eval's --num-inference-steps, e.g. ddpm=250.")
     parser.add_argument(
         "--local-hub", action="store_true", help="Publish to a Hub server started on 127.0.0.1 for this job."
     )
@@ -74,10 +68,12 @@ def local_hub() -> Iterator[object]:
     """Serve the test Hub on a free port of 127.0.0.1 and point huggingface_hub, a fresh HF_HOME and HF_TOKEN at it."""
     if "huggingface_hub" in sys.modules:
         raise RuntimeError("--local-hub must start before huggingface_hub is imported: run it in a fresh process.")
-    try:
-        from tests.hub_server import HubServer
-    except ImportError as error:
-        raise RuntimeError(f"--local-hub needs a checkout with tests/ and the dev extra installed ({error}).") from None
+    from ddpo_hub.training.extras import require_extra
+
+    for module in ("fastapi", "uvicorn"):
+        require_extra(module, extra="local-hub", feature="--local-hub")
+    from ddpo_hub.training.hub_server import HubServer
+
     with HubServer() as server, tempfile.TemporaryDirectory(prefix="ddpo-local-hub-") as home:
         # A fresh HF_HOME: the loopback repos never land in the user's cache, the user's login is never used.
         # Upload bars of kilobyte files would drown the demo's few lines.
@@ -123,44 +119,31 @@ def check_published_weights(repo_id: str, run_dir: Path) -> None:
 
 
 def build_config(args: argparse.Namespace, train_argv: Sequence[str], model_repo: str | None) -> DDPOConfig:
-    """The run's `DDPOConfig`: the job's flags and the passed-on ddpo-train flags, evaluation left to this job."""
-    from training.cli import parse_config
+    """The run's `DDPOConfig`: the job's flags and the passed-on ddpo-train flags (e.g. `--eval-schedulers`)."""
+    from ddpo_hub.training.cli import parse_config
 
     flags = ["--preset", args.preset, *(["--output-dir", str(args.output_dir)] if args.output_dir else [])]
-    flags += [*(["--epochs", str(args.epochs)] if args.epochs else []), *train_argv, "--eval-num-images", "0"]
-    if model_repo:  # the trainer pushes every `push_every` epochs and the last; `publish` adds the evaluation
+    flags += [*(["--epochs", str(args.epochs)] if args.epochs else [])]
+    flags += ["--eval-num-images", str(args.eval_num_images), *train_argv]
+    if model_repo:  # pushed every `push_every` epochs, and the last one with the evaluation on its card
         flags += ["--push-to-hub", model_repo, *(["--hub-private"] if args.private else [])]
     return parse_config(flags)
 
 
-def train_and_evaluate(args: argparse.Namespace, config: DDPOConfig) -> Path:
-    """Train in-process, then `ddpo-eval` the run against its base and write its card."""
-    from model_card.render import write_card
-    from training import evaluate
-    from training.trainer import train
+def train_and_evaluate(config: DDPOConfig) -> Path:
+    """`ddpo-train`'s whole run: train, evaluate against the base, write the card (and push, with a repo)."""
+    from ddpo_hub.training.cli import run_training
 
-    with _step(f"Train: preset {config.preset}, {config.epochs} epochs, base model {config.base_model}"):
-        run_dir = Path(train(config))
-    schedulers = ",".join(args.eval_schedulers)
-    with _step(f"Evaluate: {args.eval_num_images} images per model and scheduler ({schedulers})"):
-        eval_argv = ["--model", str(run_dir), "--base", config.base_model, "--schedulers", schedulers]
-        eval_argv += ["--num-images", str(args.eval_num_images)]
-        if args.eval_num_inference_steps:
-            eval_argv += ["--num-inference-steps", args.eval_num_inference_steps]
-        if evaluate.main(eval_argv) != 0:
-            raise ValueError("ddpo-eval failed (see above).")
-        write_card(run_dir, run_dir, repo_id=config.push_to_hub)
-    return run_dir
+    title = f"Train, evaluate and card: preset {config.preset}, {config.epochs} epochs, base model {config.base_model}"
+    with _step(title + (f", pushed to {config.push_to_hub}" if config.push_to_hub else "")):
+        return Path(run_training(config))
 
 
 def publish(run_dir: Path, model_repo: str, space_id: str | None, *, token: str, private: bool) -> None:
-    """Push the last epoch (or, if the trainer pushed it, the card with the evaluation), check it, deploy the Space."""
-    from space.deploy import deploy
-    from training.hub import HubPublisher
+    """Check that the pushed model is the run's, then deploy the Space."""
+    from ddpo_hub.space.deploy import deploy
 
-    with _step(f"Publish: the model and its card to {model_repo}"):
-        with HubPublisher(model_repo, token=token, private=private) as publisher:
-            publisher.push_latest(run_dir)
+    with _step(f"Check: {model_repo} loads with DDPMPipeline.from_pretrained and holds this run's weights"):
         check_published_weights(model_repo, run_dir)
     if space_id:
         with _step(f"Deploy: the Space {space_id}, serving {model_repo}"):
@@ -169,16 +152,17 @@ def publish(run_dir: Path, model_repo: str, space_id: str | None, *, token: str,
 
 def results_summary(run_dir: Path) -> list[str]:
     """Where the run is and how its JPEG sizes moved, from metrics.jsonl and eval_results.json."""
-    from model_card.render import load_eval_results, read_metrics
+    from ddpo_hub.training.run_folder import load_run
 
     lines = [f"Run folder: {run_dir}/ (samples/, metrics.jsonl, eval_results.json, eval_images/, README.md)"]
-    if rows := read_metrics(run_dir):  # epoch 1 samples the base model, before any update
+    run = load_run(run_dir)
+    if rows := run.metrics:  # epoch 1 samples the base model, before any update
         first, last = rows[0], rows[-1]
         lines.append(
             f"Training samples, mean JPEG: {first['jpeg_bytes_mean']:.0f} B at epoch 1 -> "
             f"{last['jpeg_bytes_mean']:.0f} B at epoch {last['epoch']}"
         )
-    if results := load_eval_results(run_dir):
+    if results := run.eval_results:
         lines.append(f"Evaluation, mean JPEG of base -> fine-tuned: {_mean_change(results)}")
     return lines
 
@@ -207,9 +191,10 @@ def run(args: argparse.Namespace, train_argv: Sequence[str]) -> int:
     from huggingface_hub import HfApi, get_token
     from huggingface_hub.errors import HfHubHTTPError
 
-    from training.hub import PushError, scrub_token
-    from training.pipelines import ModelLoadError
-    from training.trainer import TrainingDivergedError
+    from ddpo_hub.training.hub import PushError
+    from ddpo_hub.training.pipelines import ModelLoadError
+    from ddpo_hub.training.redaction import scrub_token
+    from ddpo_hub.training.trainer import TrainingDivergedError
 
     token = get_token()
     model_repo = space_id = None
@@ -219,7 +204,7 @@ def run(args: argparse.Namespace, train_argv: Sequence[str]) -> int:
             model_repo = args.model_repo or f"{user}/ddpo-{args.preset}"
             space_id = None if args.no_space else args.space_id or f"{user}/ddpo-demo"
         config = build_config(args, train_argv, model_repo)
-        run_dir = train_and_evaluate(args, config)
+        run_dir = train_and_evaluate(config)
         summary = results_summary(run_dir)
         if not token:
             _report([*summary, SKIPPED_NOTICE])
@@ -228,7 +213,7 @@ def run(args: argparse.Namespace, train_argv: Sequence[str]) -> int:
             return 0
         publish(run_dir, model_repo, space_id, token=token, private=args.private)
         return _report(summary + hub_summary(model_repo, space_id, token=token))
-    except (ValueError, FileNotFoundError, ModelLoadError, TrainingDivergedError) as error:
+    except (ValueError, ImportError, FileNotFoundError, ModelLoadError, TrainingDivergedError) as error:
         print(f"publish_job: error: {error}", file=sys.stderr)
         return 2
     except (
@@ -250,7 +235,7 @@ def _report(lines: Sequence[str]) -> int:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    """Entry point: `python -m training.publish_job --preset tiny [--local-hub] [ddpo-train flags]`."""
+    """Entry point: `python -m ddpo_hub.training.publish_job --preset tiny [--local-hub] [ddpo-train flags]`."""
     args, train_argv = _parser().parse_known_args(argv)
     with ExitStack() as stack:
         if args.local_hub:

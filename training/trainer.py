@@ -3,6 +3,9 @@
 Each epoch: sample trajectories with log-probabilities -> reward the final images -> normalise rewards
 into advantages over the whole (gathered) batch -> a few clipped policy-gradient passes over random
 timesteps of each trajectory -> save the pipeline, metrics and a resumable checkpoint.
+
+The trainer only trains: evaluation and publishing are composed around it (`cli.run_training`), which
+hears about each saved epoch through `on_epoch_saved`.
 """
 
 from __future__ import annotations
@@ -12,6 +15,7 @@ import logging
 import os
 import platform
 import time
+from collections.abc import Callable
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
@@ -25,24 +29,27 @@ from diffusers import UNet2DModel
 from diffusers.training_utils import EMAModel
 from tqdm.auto import tqdm
 
-from training.advantages import RewardStatTracker, compute_advantages
-from training.checkpoints import (
+from ddpo_hub.training.advantages import RewardStatTracker, compute_advantages
+from ddpo_hub.training.config import DDPOConfig
+from ddpo_hub.training.jpeg import jpeg_sizes
+from ddpo_hub.training.losses import ppo_clip_loss
+from ddpo_hub.training.pipelines import fetch_pipeline_folder, load_unet_and_scheduler_config, resolve_model_path
+from ddpo_hub.training.rewards import RewardOutput, load_reward
+from ddpo_hub.training.run_folder import (
+    CHECKPOINTS_DIR,
+    LOGS_DIR,
     TrainingProgress,
     append_metrics,
     grid_path,
     image_grid,
+    mark_checkpoint_complete,
     resolve_resume,
     save_pipeline,
     truncate_metrics,
+    write_config,
     write_run_info,
 )
-from training.config import DDPOConfig
-from training.evaluate import EVAL_RESULTS_NAME, run_evaluation, write_evaluation
-from training.hub import HubPublisher
-from training.jpeg import jpeg_sizes
-from training.pipelines import fetch_pipeline_folder, load_unet_and_scheduler_config, resolve_model_path
-from training.rewards import RewardOutput, load_reward
-from training.sampling import Rollout, StochasticSampler
+from ddpo_hub.training.sampling import Rollout, StochasticSampler
 
 logger = logging.getLogger(__name__)
 
@@ -76,11 +83,25 @@ def _generator(*parts: int) -> torch.Generator:
 NOISE, STEP_NOISE, SHUFFLE, GRID = range(4)
 
 
-class DDPOTrainer:
-    """Fine-tunes the UNet of a `DDPMPipeline` with DDPO so that a reward of its images goes up."""
+EpochSavedHook = Callable[[Path, int], None]
+"""Called on the main process with (run folder, epoch) once an epoch's pipeline and checkpoint are saved."""
 
-    def __init__(self, config: DDPOConfig, accelerator: Accelerator | None = None):
+
+class DDPOTrainer:
+    """Fine-tunes the UNet of a `DDPMPipeline` with DDPO so that a reward of its images goes up.
+
+    `config` is read, never changed: the base model's resolved location goes into `run_info.json`.
+    """
+
+    def __init__(
+        self,
+        config: DDPOConfig,
+        accelerator: Accelerator | None = None,
+        *,
+        on_epoch_saved: EpochSavedHook | None = None,
+    ):
         self.config = config
+        self.on_epoch_saved = on_epoch_saved
         self.run_dir = Path(config.output_dir)
         if accelerator is None:
             # accelerate keeps one process-wide state; a second run in the same process (a notebook, the
@@ -92,7 +113,7 @@ class DDPOTrainer:
             log_with="tensorboard",
             project_config=ProjectConfiguration(
                 project_dir=str(self.run_dir),
-                logging_dir=str(self.run_dir / "logs"),
+                logging_dir=str(self.run_dir / LOGS_DIR),
                 automatic_checkpoint_naming=True,
                 total_limit=config.checkpoints_total_limit,
             ),
@@ -103,7 +124,7 @@ class DDPOTrainer:
             folder = fetch_pipeline_folder(config.base_model, revision=config.base_model_revision)
             unet, self.scheduler_config = load_unet_and_scheduler_config(folder)
         source = resolve_model_path(config.base_model)
-        config.base_model = source if not Path(source).exists() else str(Path(source).resolve())
+        self.base_model_path = str(Path(source).resolve()) if Path(source).exists() else source
         self.sampler = StochasticSampler.for_run(self.scheduler_config, config)
         trainable_steps = int(self.sampler.trainable.sum())
         if trainable_steps == 0:
@@ -126,7 +147,6 @@ class DDPOTrainer:
         )
         self.sample_shape = (unet.config.in_channels, *_spatial_size(unet))
         self._nonfinite_losses = torch.zeros((), device=self.accelerator.device)  # since the epoch began
-        self.publisher: HubPublisher | None = None
 
     # --- set-up -----------------------------------------------------------------------------------------
 
@@ -187,7 +207,7 @@ class DDPOTrainer:
             logger.info("Resumed from %s (epoch %d).", checkpoint, self.progress.epoch)
         if self.is_main:
             self.run_dir.mkdir(parents=True, exist_ok=True)
-            config.save(self.run_dir)
+            write_config(self.run_dir, config)
             truncate_metrics(self.run_dir, self.progress.epoch)
             if not grid_path(self.run_dir, 0).exists():
                 self._save_grid(0, self._plain_unet())
@@ -206,43 +226,12 @@ class DDPOTrainer:
             config.min_train_std,
             ", ".join(f"{index} (std {self.sampler.step_std[index]:.4f})" for index in excluded) or "none",
         )
-        if config.push_to_hub and self.is_main:
-            self.publisher = HubPublisher(
-                config.push_to_hub,
-                private=config.hub_private,
-                revision=config.hub_revision,
-                replace_earlier_run=checkpoint is None,
-            )
-        try:
-            with ThreadPoolExecutor(max_workers=2) as reward_pool:
-                for epoch in range(self.progress.epoch + 1, config.epochs + 1):
-                    self._run_epoch(epoch, reward_pool)
-            if self.progress.epoch == config.epochs:
-                self._finish()
-        finally:
-            if self.publisher is not None:
-                self.publisher.wait()  # uploads run in the background; a failure raises PushError here
+        with ThreadPoolExecutor(max_workers=2) as reward_pool:
+            for epoch in range(self.progress.epoch + 1, config.epochs + 1):
+                self._run_epoch(epoch, reward_pool)
         accelerator.wait_for_everyone()
         accelerator.end_training()
         return self.run_dir
-
-    def _finish(self) -> None:
-        """After the last epoch: evaluate against the base (optional), then publish the final model."""
-        config = self.config
-        if not self.is_main:
-            return
-        if config.eval_num_images > 0:
-            results, samples = run_evaluation(
-                str(self.run_dir),
-                config.base_model,
-                schedulers=config.eval_schedulers,
-                num_images=config.eval_num_images,
-                seed=config.seed,
-                device=str(self.accelerator.device),
-            )
-            write_evaluation(results, samples, self.run_dir / EVAL_RESULTS_NAME)
-        if self.publisher is not None:
-            self.publisher.push_epoch(self.run_dir, config.epochs)
 
     def _run_epoch(self, epoch: int, reward_pool: ThreadPoolExecutor) -> None:
         config, accelerator = self.config, self.accelerator
@@ -363,7 +352,8 @@ class DDPOTrainer:
                     count += 1
                     bar.update()
         bar.close()
-        loss, approx_kl, clipfrac = (totals / max(count, 1)).tolist()
+        # Every process runs the same number of steps, so the mean of the per-process means is the global mean.
+        loss, approx_kl, clipfrac = accelerator.reduce(totals / max(count, 1), reduction="mean").tolist()
         return {"loss": loss, "approx_kl": approx_kl, "clipfrac": clipfrac}
 
     def _train_step(
@@ -377,12 +367,9 @@ class DDPOTrainer:
         advantages = samples.advantages[rows]
         with accelerator.accumulate(self.unet):
             log_prob = self.sampler.score_step(self.unet, sample, step_index, next_sample, accelerator.autocast)
-            ratio = torch.exp(log_prob - old_log_prob)
-            unclipped = -advantages * ratio
-            clipped = -advantages * torch.clamp(ratio, 1.0 - config.clip_range, 1.0 + config.clip_range)
-            loss = torch.maximum(unclipped, clipped).mean()
-            self._nonfinite_losses += (~torch.isfinite(loss.detach())).float()
-            accelerator.backward(loss)
+            policy = ppo_clip_loss(log_prob, old_log_prob, advantages, config.clip_range)
+            self._nonfinite_losses += (~torch.isfinite(policy.loss.detach())).float()
+            accelerator.backward(policy.loss)
             if accelerator.sync_gradients:
                 self._check_finite(epoch)
                 accelerator.clip_grad_norm_(self.unet.parameters(), config.max_grad_norm)
@@ -392,14 +379,7 @@ class DDPOTrainer:
             self.progress.global_step += 1
             if self.ema is not None:
                 self.ema.step([parameter for parameter in self.unet.parameters() if parameter.requires_grad])
-        with torch.no_grad():
-            return torch.stack(
-                [
-                    loss.detach(),
-                    (0.5 * (log_prob - old_log_prob) ** 2).mean(),
-                    (torch.abs(ratio - 1.0) > config.clip_range).float().mean(),
-                ]
-            )
+        return torch.stack([policy.loss.detach(), policy.approx_kl, policy.clipfrac])
 
     def _check_finite(self, epoch: int) -> None:
         """Stop before a NaN/inf loss reaches the weights; every process stops together.
@@ -412,7 +392,7 @@ class DDPOTrainer:
         num_bad = int(bad.item())
         if num_bad:
             last = self.progress.epoch
-            where = f"checkpoint_{last} in {self.run_dir / 'checkpoints'}" if last else "none: no epoch completed"
+            where = f"checkpoint_{last} in {self.run_dir / CHECKPOINTS_DIR}" if last else "none: no epoch completed"
             raise TrainingDivergedError(
                 f"The DDPO loss became NaN or infinite during epoch {epoch} ({num_bad} of the steps "
                 "accumulated for one optimizer step); training stopped before applying them. "
@@ -447,11 +427,16 @@ class DDPOTrainer:
             save_pipeline(unet, self.scheduler_config, self.run_dir)
             if epoch % config.grid_every == 0 or epoch == config.epochs:
                 self._save_grid(epoch, unet)
-            write_run_info(self.run_dir, hardware=self._hardware(), progress=self.progress)
+            write_run_info(
+                self.run_dir, base_model_path=self.base_model_path, hardware=self._hardware(), progress=self.progress
+            )
         accelerator.project_configuration.iteration = epoch
-        accelerator.save_state()
-        if self.publisher is not None and epoch % config.push_every == 0 and epoch != config.epochs:
-            self.publisher.push_epoch(self.run_dir, epoch)
+        checkpoint = accelerator.save_state()
+        accelerator.wait_for_everyone()
+        if self.is_main:
+            mark_checkpoint_complete(Path(checkpoint), self.progress)
+            if self.on_epoch_saved is not None:
+                self.on_epoch_saved(self.run_dir, epoch)
 
     def _hardware(self) -> dict:
         device = self.accelerator.device

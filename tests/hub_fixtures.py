@@ -1,4 +1,4 @@
-"""pytest fixtures for the test Hub (registered by `pytest_plugins = ["tests.hub_server.fixtures"]` in conftest).
+"""pytest fixtures for the test Hub (registered by `pytest_plugins = ["tests.hub_fixtures"]` in conftest).
 
 - `hub_server` (session): a started `HubServer` on the port of `HF_ENDPOINT` (set by `tests/conftest.py` before
   huggingface_hub is imported). Attributes: `endpoint`, `token`, `user` ("tester"); fault injection:
@@ -19,7 +19,7 @@ from urllib.parse import urlparse
 
 import pytest
 
-from .server import HubServer
+from ddpo_hub.training.hub_server import HubServer
 
 _server: HubServer | None = None
 
