@@ -125,3 +125,59 @@ def test_rescoring_recorded_steps_gives_ratio_exactly_one(pipeline, precision):
             )
         ratio = torch.exp(log_prob - rollout.log_probs[rows, step_index[rows]])
         assert torch.equal(ratio, torch.ones_like(ratio))
+
+
+def _scheduler_config(pipeline, **changes) -> dict:
+    config = {key: value for key, value in pipeline.scheduler.config.items() if not key.startswith("_")}
+    config.update(changes)
+    return config
+
+
+@pytest.mark.parametrize("prediction_type", ["sample", "v_prediction"])
+@pytest.mark.parametrize("eta", [1.0, 0.5])
+def test_ddim_step_matches_diffusers_for_other_prediction_types(pipeline, prediction_type, eta):
+    """The UNet's output read as x_0 or v: mean + std * noise is DDIMScheduler.step with the same noise."""
+    config = _scheduler_config(pipeline, prediction_type=prediction_type, set_alpha_to_one=False, steps_offset=1)
+    sampler = StochasticSampler(config, kind="ddim", num_steps=8, eta=eta)
+    reference = DDIMScheduler.from_config(config)
+    reference.set_timesteps(8)
+    assert torch.equal(sampler.timesteps, reference.timesteps.long())
+    sample = _noise((2, 3, 16, 16), 11)
+    for index, timestep in enumerate(reference.timesteps):
+        with torch.no_grad():
+            output = pipeline.unet(sample, timestep).sample
+        variance_noise = _noise(sample.shape, 100 + index)
+        expected = reference.step(output, timestep, sample, eta=eta, variance_noise=variance_noise).prev_sample
+        mean = sampler.step_mean(output, sample, torch.full((2,), index))
+        torch.testing.assert_close(mean + sampler.step_std[index] * variance_noise, expected, rtol=1e-5, atol=1e-5)
+        sample = expected
+    assert sampler.step_std.min() > 0, "with steps_offset=1 and no alpha_prod=1 at the end, every step is stochastic"
+
+
+@pytest.mark.parametrize(
+    "prediction_type, variance_type",
+    [("sample", "fixed_small"), ("v_prediction", "fixed_small"), ("epsilon", "fixed_large"), ("sample", "fixed_large")],
+)
+def test_ddpm_step_matches_diffusers_for_other_prediction_and_variance_types(pipeline, prediction_type, variance_type):
+    config = _scheduler_config(pipeline, prediction_type=prediction_type, variance_type=variance_type)
+    sampler = StochasticSampler(config, kind="ddpm", num_steps=10)
+    reference = DDPMScheduler.from_config(config)
+    reference.set_timesteps(10)
+    sample = _noise((2, 3, 16, 16), 12)
+    for index, timestep in enumerate(reference.timesteps):
+        with torch.no_grad():
+            output = pipeline.unet(sample, timestep).sample
+        mean = sampler.step_mean(output, sample, torch.full((2,), index))
+        # DDPMScheduler draws its noise from the generator after computing the mean: replay the same draw.
+        expected = reference.step(output, timestep, sample, generator=torch.Generator().manual_seed(index))
+        noise = torch.randn(sample.shape, generator=torch.Generator().manual_seed(index))
+        ours = mean + sampler.step_std[index] * noise if timestep > 0 else mean
+        torch.testing.assert_close(ours, expected.prev_sample, rtol=1e-5, atol=1e-5)
+        sample = expected.prev_sample
+    # fixed_large is beta_t, fixed_small beta-tilde_t < beta_t: the sampler's std follows the config.
+    betas = 1 - reference.alphas_cumprod[reference.timesteps] / reference.alphas_cumprod[reference.timesteps - 100]
+    if variance_type == "fixed_large":
+        torch.testing.assert_close(sampler.step_std[:-1], betas[:-1].sqrt().float())
+    else:
+        assert (sampler.step_std[:-1] < betas[:-1].sqrt()).all()
+    assert sampler.step_std[-1] == 0 and not sampler.trainable[-1]
