@@ -6,7 +6,7 @@ Pillow is already a dependency; a plotting library would be a heavy one for two 
 from __future__ import annotations
 
 import math
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 
 from PIL import Image, ImageDraw, ImageFont
 
@@ -162,4 +162,77 @@ def training_curves(rows: Sequence[dict]) -> Image.Image:
         y_label="JPEG size (kB)",
         x_label="epoch",
     )
+    return canvas
+
+
+_PALETTE = (
+    (31, 119, 180),
+    (214, 96, 39),
+    (44, 160, 44),
+    (148, 103, 189),
+    (140, 86, 75),
+    (227, 119, 194),
+    (127, 127, 127),
+    (188, 189, 34),
+    (23, 190, 207),
+)
+
+
+def cut_vs_ssim(
+    curves: Mapping[str, Sequence[tuple[float, float]]],
+    *,
+    title: str = "JPEG cut against same-seed SSIM to the base",
+    target: tuple[float, float] | None = None,
+) -> Image.Image:
+    """The fidelity frontier: one curve per method of (SSIM to base, JPEG cut in %) points, e.g. one per epoch.
+
+    Up and to the right is better: more bytes saved while the pictures stay the base's. `target` marks a
+    (minimum SSIM, minimum cut) corner with dashed lines.
+    """
+    width, height = 900, 560
+    left, top, right, bottom = 110, 60, width - 250, height - 80
+    canvas = Image.new("RGB", (width, height), _BACKGROUND)
+    draw = ImageDraw.Draw(canvas)
+    small, medium = _font(14), _font(17)
+    points = [point for curve in curves.values() for point in curve]
+    xs = [x for x, _ in points] + ([target[0]] if target else []) + [1.0]
+    ys = [y for _, y in points] + ([target[1]] if target else []) + [0.0]
+    x_ticks, y_ticks = nice_ticks(min(xs), max(xs)), nice_ticks(min(ys), max(ys))
+
+    def px(x: float) -> float:
+        return left + (x - x_ticks[0]) / (x_ticks[-1] - x_ticks[0]) * (right - left)
+
+    def py(y: float) -> float:
+        return bottom - (y - y_ticks[0]) / (y_ticks[-1] - y_ticks[0]) * (bottom - top)
+
+    draw.text(((left + right) / 2, top - 30), title, fill=_INK, font=medium, anchor="mm")
+    for tick in y_ticks:
+        draw.line([(left, py(tick)), (right, py(tick))], fill=_GRID)
+        draw.text((left - 8, py(tick)), _format_tick(tick), fill=_INK, font=small, anchor="rm")
+    for tick in x_ticks:
+        draw.line([(px(tick), top), (px(tick), bottom)], fill=_GRID)
+        draw.text((px(tick), bottom + 8), _format_tick(tick), fill=_INK, font=small, anchor="mt")
+    if target:
+        for i in range(0, int(right - left), 12):  # dashed guides at the target's SSIM and cut
+            draw.line([(left + i, py(target[1])), (min(left + i + 6, right), py(target[1]))], fill=_INK)
+        for i in range(0, int(bottom - top), 12):
+            draw.line([(px(target[0]), top + i), (px(target[0]), min(top + i + 6, bottom))], fill=_INK)
+    for index, (name, curve) in enumerate(curves.items()):
+        color = _PALETTE[index % len(_PALETTE)]
+        line = [(px(x), py(y)) for x, y in curve]
+        if len(line) > 1:
+            draw.line(line, fill=color, width=3, joint="curve")
+        for x, y in line:
+            draw.ellipse([x - 4, y - 4, x + 4, y + 4], fill=color)
+        legend_y = top + 10 + 24 * index
+        draw.rectangle([right + 20, legend_y - 6, right + 34, legend_y + 6], fill=color)
+        draw.text((right + 42, legend_y), name, fill=_INK, font=small, anchor="lm")
+    draw.rectangle([left, top, right, bottom], outline=_INK)
+    draw.text(
+        ((left + right) / 2, bottom + 40), "same-seed SSIM to the base model", fill=_INK, font=medium, anchor="mm"
+    )
+    label = Image.new("RGBA", (int(bottom - top), 24), (0, 0, 0, 0))
+    ImageDraw.Draw(label).text((label.width / 2, 12), "JPEG cut vs base (%)", fill=_INK, font=medium, anchor="mm")
+    rotated = label.rotate(90, expand=True)
+    canvas.paste(rotated, (left - 78, top), rotated)
     return canvas

@@ -28,6 +28,11 @@ TEMPLATE_PATH = Path(__file__).with_name("template.md")
 DEFAULT_LICENSE = "apache-2.0"
 BASE_TAGS = ("pytorch", "diffusers", "unconditional-image-generation", "ddpo", "reinforcement-learning")
 IMAGES_DIR = CARD_IMAGES_DIR
+FIDELITY_METRICS = {
+    "ssim_to_base": "Same-seed SSIM to the base model",
+    "diversity_vs_base": "Diversity vs base model",
+    "colour_spread_vs_base": "Colour spread vs base model",
+}
 _SECRET_KEY = re.compile(r"token|secret|password", re.IGNORECASE)
 
 REWARD_DESCRIPTIONS = {
@@ -174,6 +179,13 @@ def eval_results_entries(evaluation: dict) -> list[EvalResult]:
                     metric_value=round(float(entry["model"][statistic]), 1),
                 )
             )
+        for key, name in FIDELITY_METRICS.items():
+            if key in (entry.get("fidelity") or {}):
+                entries.append(
+                    EvalResult(
+                        **common, metric_type=key, metric_name=name, metric_value=round(entry["fidelity"][key], 4)
+                    )
+                )
     return entries
 
 
@@ -226,6 +238,9 @@ def _figures(run: Run, evaluation: dict | None, eval_root: Path) -> dict[str, Ca
         )
     if run.metrics and all("reward_mean" in row and "jpeg_kb_mean" in row for row in run.metrics):
         drawn["training_curves.png"] = lambda: figures.training_curves(run.metrics)
+    if run.metrics and all("ssim_to_base" in row and "jpeg_change_vs_base" in row for row in run.metrics):
+        points = [(1.0, 0.0)] + [(row["ssim_to_base"], -100 * row["jpeg_change_vs_base"]) for row in run.metrics]
+        drawn["frontier.png"] = lambda: figures.cut_vs_ssim({"this run (epoch 0 = base)": points})
     for key, entry in (evaluation or {}).get("schedulers", {}).items():
         grid = entry.get("grid")
         if grid and (eval_root / grid["path"]).is_file():
@@ -255,6 +270,9 @@ def _evaluation_context(evaluation: dict, image_names: set[str]) -> dict:
                 "model_mean": _bytes(entry["model"]["mean"]),
                 "model_median": _bytes(entry["model"]["median"]),
                 "change": f"{entry['mean_change']:+.1%}" if "mean_change" in entry else "—",
+                "ssim": _number((entry.get("fidelity") or {}).get("ssim_to_base"), ".2f"),
+                "diversity": _number((entry.get("fidelity") or {}).get("diversity_vs_base"), ".2f"),
+                "colour_spread": _number((entry.get("fidelity") or {}).get("colour_spread_vs_base"), ".2f"),
                 "grid": f"{IMAGES_DIR}/eval_{key}.png" if f"eval_{key}.png" in image_names else None,
                 "grid_seeds": _seed_range(grid["seeds"]) if grid else "",
             }
@@ -313,6 +331,8 @@ def _render(run: Run, *, repo_id: str | None, evaluation: dict | None, license: 
         "evaluation": _evaluation_context(evaluation, set(drawn)) if evaluation else None,
         "training_scheduler": str(run.config.get("scheduler", "ddim")).upper(),
         "curve": f"{IMAGES_DIR}/training_curves.png" if "training_curves.png" in drawn else None,
+        "frontier": f"{IMAGES_DIR}/frontier.png" if "frontier.png" in drawn else None,
+        "fidelity_images": run.config.get("fidelity_num_images"),
         "metrics_rows": [
             {
                 "epoch": row["epoch"],
@@ -322,6 +342,10 @@ def _render(run: Run, *, repo_id: str | None, evaluation: dict | None, license: 
                 "loss": _number(row.get("loss")),
                 "approx_kl": _number(row.get("approx_kl")),
                 "clipfrac": _number(row.get("clipfrac")),
+                "ssim_to_base": _number(row.get("ssim_to_base"), ".3f"),
+                "diversity_vs_base": _number(row.get("diversity_vs_base"), ".3f"),
+                "colour_spread_vs_base": _number(row.get("colour_spread_vs_base"), ".3f"),
+                "kl_to_base": _number(row.get("kl_to_base"), ".3g"),
                 "seconds": _number(row.get("seconds"), ".1f"),
             }
             for row in run.metrics

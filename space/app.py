@@ -23,6 +23,7 @@ from diffusers import UNet2DModel
 from gradio.processing_utils import save_bytes_to_cache
 from PIL import Image
 
+from ddpo_hub.training.fidelity import fidelity_to_base, ssim_to_base
 from ddpo_hub.training.jpeg import encode_jpeg
 from ddpo_hub.training.pipelines import (
     SCHEDULERS,
@@ -147,17 +148,37 @@ def size_caption(role: str | None, seed: int, num_bytes: int) -> str:
     return f"{role or f'seed {seed}'}: {num_bytes:,} bytes ({num_bytes / 1000:.1f} kB)"
 
 
-def summarize(model_id: str, sizes: Sequence[int], base_model: str | None, base_sizes: Sequence[int]) -> str:
-    """One line: mean JPEG size, and how much smaller than the base model's from the same seeds."""
+def summarize(
+    model_id: str,
+    sizes: Sequence[int],
+    base_model: str | None,
+    base_sizes: Sequence[int],
+    fidelity: dict[str, float] | None = None,
+) -> str:
+    """One line: mean JPEG size, how much smaller than the base model's from the same seeds, and at what cost."""
     line = f"**{model_id}**: mean JPEG size {mean(sizes):,.0f} bytes over {len(sizes)} image(s)"
     if not base_sizes:
         return line + "."
     change = 100 * (1 - mean(sizes) / mean(base_sizes))
     direction = "smaller" if change >= 0 else "larger"
-    return (
+    line = (
         f"{line}, {abs(change):.1f}% {direction} than the base model **{base_model}** "
-        f"(mean {mean(base_sizes):,.0f} bytes from the same seeds)."
+        f"(mean {mean(base_sizes):,.0f} bytes from the same seeds)"
     )
+    if not fidelity:
+        return line + "."
+    costs = [f"same-seed SSIM to base {fidelity['ssim_to_base']:.2f}"]
+    if "diversity_vs_base" in fidelity:
+        costs.append(f"diversity {fidelity['diversity_vs_base']:.2f}x")
+        costs.append(f"colour spread {fidelity['colour_spread_vs_base']:.2f}x the base's")
+    return f"{line}; {', '.join(costs)}."
+
+
+def compare_with_base(images: Sequence[Image.Image], base_images: Sequence[Image.Image]) -> dict[str, float]:
+    """The fidelity figures of `training.fidelity` for one request (diversity needs two images or more)."""
+    if len(images) >= 2:
+        return fidelity_to_base(images, base_images)
+    return {"ssim_to_base": ssim_to_base(images, base_images)}
 
 
 def build_demo(
@@ -225,9 +246,10 @@ def build_demo(
         # (table label, caption role, model) per model sampled
         runs = [(label, "fine-tuned", model), (model.base_model, "base", base)] if base else [(label, None, model)]
 
-        results = []  # (table label, caption role, [(path, bytes) per seed])
+        results, sampled = [], []  # (table label, caption role, [(path, bytes) per seed]); the images per model
         for run_label, role, run_model in runs:
             images = sample_images(run_model, scheduler, num_inference_steps, seeds)
+            sampled.append(images)
             stem = f"{run_label.replace('/', '--').replace('@', '-')}-{scheduler}"
             results.append((run_label, role, save_jpegs(images, seeds, stem, gallery.GRADIO_CACHE)))
 
@@ -240,7 +262,8 @@ def build_demo(
                 rows.append([run_label, scheduler, seed_value, num_bytes])
         sizes = [num_bytes for _, num_bytes in results[0][2]]
         base_sizes = [num_bytes for _, num_bytes in results[1][2]] if base else []
-        summary = summarize(label, sizes, model.base_model, base_sizes)
+        fidelity = compare_with_base(*sampled) if base else None
+        summary = summarize(label, sizes, model.base_model, base_sizes, fidelity)
         if compare_with_base and not model.base_model:
             summary += " Its model card names no `base_model`, so there is nothing to compare with."
         return gallery_items, rows, summary

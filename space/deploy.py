@@ -19,7 +19,7 @@ from ddpo_hub.training.pipelines import TINY_BASE_MODEL, read_base_model
 
 SPACE_DIR = Path(__file__).resolve().parent
 APP_FILES = ("app.py", "requirements.txt")
-TRAINING_MODULES = ("__init__.py", "jpeg.py", "pipelines.py")
+TRAINING_MODULES = ("__init__.py", "jpeg.py", "pipelines.py", "fidelity.py")
 """The part of the `ddpo_hub.training` package that `app.py` imports."""
 SPACE_PACKAGE_DIR = "ddpo_hub/training"
 """Where those modules go in the Space repo (a namespace package `ddpo_hub`, as installed)."""

@@ -98,7 +98,8 @@ def test_without_a_token_it_trains_evaluates_and_skips_publishing(
     assert (run_dir / "eval_results.json").is_file() and (run_dir / "samples").is_dir()
     out = capsys.readouterr().out
     assert f"::notice title=Publishing skipped::{publish_job.SKIPPED_NOTICE}" in out
-    assert "::group::Train" in out and "::group::Evaluate" in out and "::group::Publish" not in out
+    assert "::group::Train, evaluate and card" in out and "Evaluating 4 fixed-seed images" in out
+    assert "::group::Check" not in out and "::group::Deploy" not in out
     assert publish_job.SKIPPED_NOTICE in (tmp_path / "summary.md").read_text()
     assert hub_server.calls("create_repo") == hub_server.calls("commit") == 0
 

@@ -112,8 +112,7 @@ def test_interrupted_and_resumed_run_matches_uninterrupted_run(tiny_pipeline_dir
     assert expected.keys() == actual.keys()
     for name in expected:
         assert torch.equal(expected[name], actual[name]), name
-    drop = ("seconds", "seconds_sampling", "seconds_reward", "seconds_training")
-    strip = lambda rows: [{k: v for k, v in row.items() if k not in drop} for row in rows]  # noqa: E731
+    strip = lambda rows: [{k: v for k, v in row.items() if not k.startswith("seconds")} for row in rows]  # noqa: E731
     assert strip(read_metrics(resumed)) == strip(read_metrics(straight))
 
 
@@ -273,3 +272,86 @@ def test_short_run_on_the_bundled_model_raises_the_mean_reward(tmp_path):
     train(config)
     rewards = [row["reward_mean"] for row in read_metrics(tmp_path / "run")]
     assert np.mean(rewards[-2:]) > rewards[0], rewards
+
+
+LORA_TARGETS = ("conv1", "conv2", "to_q", "to_k", "to_v", "to_out.0")
+
+
+def _lora_targeted(key: str) -> bool:
+    """peft's rule for a list of target modules: the module's name is, or ends with, one of them."""
+    module = key.rsplit(".", 1)[0]
+    return any(module == target or module.endswith("." + target) for target in LORA_TARGETS)
+
+
+@pytest.fixture(scope="module")
+def lora_run(tiny_pipeline_dir, tmp_path_factory) -> Path:
+    run_dir = tmp_path_factory.mktemp("lora")
+    train(_config(tiny_pipeline_dir, run_dir, epochs=1, use_lora=True))
+    return run_dir
+
+
+def test_lora_run_saves_a_merged_unet_that_changes_only_the_adapted_weights(lora_run, tiny_pipeline_dir):
+    assert list(DDPOConfig().lora_target_modules) == list(LORA_TARGETS), "the test's targets are the default"
+    unet = UNet2DModel.from_pretrained(lora_run / "unet")
+    base = UNet2DModel.from_pretrained(tiny_pipeline_dir, subfolder="unet").state_dict()
+    saved = unet.state_dict()
+    assert saved.keys() == base.keys(), "merged: no lora_A/lora_B or base_layer keys"
+    assert all(tensor.dtype == torch.float32 for tensor in saved.values())
+    changed = {key for key in base if not torch.equal(saved[key], base[key])}
+    targeted_weights = {key for key in base if _lora_targeted(key) and key.endswith(".weight")}
+    assert len(targeted_weights) > 10 and any(".to_out.0." in key for key in targeted_weights)
+    # LoRA adds B @ A to each adapted weight; biases and every other module keep the base values.
+    assert changed == targeted_weights
+    assert torch.equal(saved["conv_in.weight"], base["conv_in.weight"])
+    assert "conv_in.weight" not in changed and "time_embedding.linear_1.weight" not in changed
+
+
+def test_lora_with_ema_saves_the_merged_average(lora_run, tiny_pipeline_dir, tmp_path):
+    run_dir = tmp_path / "lora-ema"
+    train(_config(tiny_pipeline_dir, run_dir, epochs=1, use_lora=True, use_ema=True))
+    saved = UNet2DModel.from_pretrained(run_dir / "unet").state_dict()
+    base = UNet2DModel.from_pretrained(tiny_pipeline_dir, subfolder="unet").state_dict()
+    lora_only = _weights(lora_run)
+    assert saved.keys() == base.keys()
+    for key in base:
+        if not _lora_targeted(key) or not key.endswith(".weight"):
+            assert torch.equal(saved[key], base[key]), key
+    # Same seed and samples as the plain LoRA run, so the adapters trained alike: the EMA copy is what differs.
+    adapted = [key for key in base if _lora_targeted(key) and key.endswith(".weight")]
+    assert any(not torch.equal(saved[key], base[key]) for key in adapted), "the EMA adapters moved"
+    assert any(not torch.equal(saved[key], lora_only[key]) for key in adapted), "the EMA weights were saved"
+    assert DDPMPipeline.from_pretrained(run_dir).unet.config.sample_size == 16
+
+
+def test_two_inner_epochs_take_twice_the_optimizer_steps(finished_run, tiny_pipeline_dir, tmp_path):
+    run_dir = tmp_path / "inner2"
+    train(_config(tiny_pipeline_dir, run_dir, epochs=1, num_inner_epochs=2))
+    one_pass = read_metrics(finished_run)[0]["global_step"]  # the same settings' first epoch, one inner epoch
+    # 8 samples in minibatches of 4, one optimizer step per minibatch (its timesteps are accumulated).
+    assert one_pass == FAST["num_samples"] // FAST["train_batch_size"]
+    assert read_metrics(run_dir)[0]["global_step"] == 2 * one_pass
+
+
+_COMPARED = ("reward_mean", "loss", "approx_kl", "clipfrac")
+
+
+def test_bf16_run_on_cpu_autocasts_and_saves_float32_weights(finished_run, tiny_pipeline_dir, tmp_path):
+    run_dir = tmp_path / "bf16"
+    train(_config(tiny_pipeline_dir, run_dir, epochs=1, mixed_precision="bf16"))
+    row = read_metrics(run_dir)[0]
+    assert all(np.isfinite(row[key]) for key in _COMPARED)
+    fp32 = read_metrics(finished_run)[0]
+    assert any(row[key] != fp32[key] for key in _COMPARED), "bf16 autocast changed the numbers"
+    pipeline = DDPMPipeline.from_pretrained(run_dir)
+    assert all(parameter.dtype == torch.float32 for parameter in pipeline.unet.parameters())
+    images = pipeline(batch_size=1, num_inference_steps=2, generator=torch.manual_seed(0), output_type="np").images
+    assert np.isfinite(images).all()
+    assert json.loads((run_dir / "run_info.json").read_text())["hardware"]["mixed_precision"] == "bf16"
+
+
+def test_fp16_on_cpu_is_refused_before_anything_is_written(tiny_pipeline_dir, tmp_path):
+    """accelerate enables fp16 autocast only on accelerators: on CPU the run would silently be fp32."""
+    run_dir = tmp_path / "fp16"
+    with pytest.raises(ValueError, match="fp16.*CPU.*bf16"):
+        train(_config(tiny_pipeline_dir, run_dir, epochs=1, mixed_precision="fp16"))
+    assert not run_dir.exists()

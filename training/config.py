@@ -86,6 +86,9 @@ class DDPOConfig:
     """Rewards kept by the running-statistics tracker."""
     stat_tracking_min_count: int = 32
     """Below this many tracked rewards the tracker falls back to the batch's own statistics."""
+    kl_coef: float = 0.0
+    """Weight of the KL leash: the closed-form KL between the current and the frozen base model's Gaussian step
+    policies, added to the loss on every trained step (DPOK, Flow-GRPO). 0 trains on the reward alone."""
     learning_rate: float = 3e-4
     """AdamW learning rate."""
     adam_beta1: float = 0.9
@@ -115,6 +118,10 @@ class DDPOConfig:
     """Save a sample grid from fixed seeds every N epochs (and before the first one and at the end)."""
     grid_size: int = 16
     """Images in each sample grid."""
+    fidelity_num_images: int = 16
+    """Fixed-seed images sampled after every epoch, with the base model's from the same noise, for the fidelity
+    metrics in metrics.jsonl (ssim_to_base, diversity_vs_base, colour_spread_vs_base, kl_to_base); 0 turns them
+    off. The first `grid_size` of them are the sample grid."""
     eval_num_images: int = 0
     """When positive, evaluate the final model against its base on this many fixed-seed images."""
     eval_schedulers: list[str] = field(default_factory=lambda: ["rollout", "ddim", "pndm"])
@@ -163,6 +170,13 @@ class DDPOConfig:
             raise ValueError(f"--mixed-precision must be 'no', 'fp16' or 'bf16', got {self.mixed_precision!r}.")
         if self.learning_rate <= 0 or self.clip_range <= 0 or self.adv_clip_max <= 0:
             raise ValueError("--learning-rate, --clip-range and --adv-clip-max must be positive.")
+        if not self.kl_coef >= 0:  # also rejects NaN
+            raise ValueError(f"--kl-coef must be 0 (off) or positive, got {self.kl_coef}.")
+        if self.fidelity_num_images == 1 or self.fidelity_num_images < 0:
+            raise ValueError(
+                f"--fidelity-num-images must be 0 (off) or at least 2 (diversity compares pairs), "
+                f"got {self.fidelity_num_images}."
+            )
         unknown = sorted(set(name.lower() for name in self.eval_schedulers) - set(EVAL_SCHEDULERS))
         if unknown:
             raise ValueError(

@@ -98,11 +98,17 @@ def local_hub() -> Iterator[object]:
 
 
 def _mean_change(results: dict) -> str:
-    """`DDIM (50 steps): 1234 B -> 987 B (-20.0%)` per evaluated scheduler, from eval_results.json."""
+    """`DDIM (50 steps): 1234 B -> 987 B (-20.0%, SSIM to base ...)` per scheduler, from eval_results.json."""
+    from ddpo_hub.training.evaluate import fidelity_text
+
     parts = []
     for entry in results["schedulers"].values():
         model = f"{entry['model']['mean']:.0f} B"
-        sizes = f"{entry['base']['mean']:.0f} B -> {model} ({entry['mean_change']:+.1%})" if "base" in entry else model
+        sizes = (
+            f"{entry['base']['mean']:.0f} B -> {model} ({entry['mean_change']:+.1%}, {fidelity_text(entry)})"
+            if "base" in entry
+            else model
+        )
         parts.append(f"{entry['name']} ({entry['num_inference_steps']} steps): {sizes}")
     return "; ".join(parts)
 

@@ -34,6 +34,8 @@ import torch
 from diffusers import DDIMScheduler, DDPMScheduler, UNet2DModel
 from tqdm.auto import tqdm
 
+from ddpo_hub.training.losses import gaussian_kl
+
 if TYPE_CHECKING:
     from ddpo_hub.training.config import DDPOConfig
 
@@ -52,6 +54,8 @@ class Rollout:
     """(B, S): log-density of each step under the sampling model (0 where the step is deterministic)."""
     trainable: torch.Tensor
     """(S,) bool: the steps DDPO trains on, those with a standard deviation above the sampler's minimum."""
+    kl_to_reference: torch.Tensor | None = None
+    """(B, S): per-step KL of the sampling policy to a reference model's at the same x_t, when one was given."""
 
     @property
     def images(self) -> torch.Tensor:
@@ -223,16 +227,18 @@ class StochasticSampler:
         autocast: Callable[[], AbstractContextManager] = nullcontext,
         forward_batch_size: int | None = None,
         progress: bool = False,
+        reference: Callable[..., torch.Tensor] | None = None,
     ) -> Rollout:
         """Denoise `noise` (x_T) to images, recording latents and log-probabilities of every step.
 
         `generator` draws the per-step noise, so a rollout is reproducible from its seed alone. The UNet
         runs on consecutive chunks of `forward_batch_size` samples: the batches the trainer re-scores.
+        With a `reference` UNet (the base model), each step's KL to the reference's step policy is recorded too.
         """
         batch = noise.shape[0]
         chunk = forward_batch_size or batch
         sample = noise.float()
-        latents, log_probs = [sample], []
+        latents, log_probs, kls = [sample], [], []
         # A CPU generator on a GPU run draws into pinned memory and copies without waiting, so nothing in
         # this loop blocks the host and the noise of each step is drawn while the GPU runs the UNet.
         pin = generator.device.type == "cpu" and sample.device.type == "cuda"
@@ -244,6 +250,14 @@ class StochasticSampler:
                     for part, part_index in zip(sample.split(chunk), step_index.split(chunk), strict=True)
                 ]
             )
+            if reference is not None:
+                reference_mean = torch.cat(
+                    [
+                        self.predict_mean(reference, part, part_index, autocast)
+                        for part, part_index in zip(sample.split(chunk), step_index.split(chunk), strict=True)
+                    ]
+                )
+                kls.append(gaussian_kl(mean, reference_mean, self.step_tables(sample.device).std[step_index]))
             step_noise = torch.randn(sample.shape, generator=generator, device=generator.device, pin_memory=pin)
             next_sample = mean + self.step_std[index].item() * step_noise.to(sample.device, non_blocking=pin)
             log_probs.append(self.log_prob(next_sample, mean, step_index))
@@ -254,4 +268,5 @@ class StochasticSampler:
             timesteps=self.timesteps.clone(),
             log_probs=torch.stack(log_probs, dim=1),
             trainable=self.trainable.clone(),
+            kl_to_reference=torch.stack(kls, dim=1) if kls else None,
         )

@@ -15,8 +15,9 @@ import logging
 import os
 import platform
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from concurrent.futures import Future, ThreadPoolExecutor
+from contextlib import contextmanager, nullcontext
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -31,8 +32,9 @@ from tqdm.auto import tqdm
 
 from ddpo_hub.training.advantages import RewardStatTracker, compute_advantages
 from ddpo_hub.training.config import DDPOConfig
+from ddpo_hub.training.fidelity import fidelity_to_base
 from ddpo_hub.training.jpeg import jpeg_sizes
-from ddpo_hub.training.losses import ppo_clip_loss
+from ddpo_hub.training.losses import gaussian_kl, ppo_clip_loss
 from ddpo_hub.training.pipelines import fetch_pipeline_folder, load_unet_and_scheduler_config, resolve_model_path
 from ddpo_hub.training.rewards import RewardOutput, load_reward
 from ddpo_hub.training.run_folder import (
@@ -119,6 +121,11 @@ class DDPOTrainer:
             ),
         )
         config.validate(self.accelerator.num_processes)
+        if config.mixed_precision == "fp16" and self.accelerator.device.type == "cpu":
+            raise ValueError(
+                "--mixed-precision fp16 needs a GPU: accelerate does not autocast to fp16 on the CPU, so the run "
+                "would silently be fp32. Use --mixed-precision bf16 or no on a CPU."
+            )
         self.reward_fn = load_reward(config.reward)
         with self.accelerator.main_process_first():
             folder = fetch_pipeline_folder(config.base_model, revision=config.base_model_revision)
@@ -135,7 +142,16 @@ class DDPOTrainer:
             )
         self.num_train_timesteps = max(1, int(config.timestep_fraction * trainable_steps))
         self.accelerator.gradient_accumulation_steps = config.gradient_accumulation_steps * self.num_train_timesteps
+        # The frozen base: the KL leash's reference and the fidelity metrics' baseline. With LoRA it is the
+        # trained UNet with its adapters disabled, so no second copy of the weights is kept.
+        needs_base = config.kl_coef > 0 or config.fidelity_num_images > 0
+        self.base_unet = (
+            copy.deepcopy(unet).requires_grad_(False).eval().to(self.accelerator.device)
+            if needs_base and not config.use_lora
+            else None
+        )
         self.unet, self.optimizer, self.ema = self._prepare_model(unet)
+        self._base_fixed: Rollout | None = None  # the base's fixed-seed samples, drawn once per process start
         self.progress = TrainingProgress()
         self.tracker = (
             RewardStatTracker(config.stat_tracking_buffer_size, config.stat_tracking_min_count)
@@ -183,6 +199,17 @@ class DDPOTrainer:
     def is_main(self) -> bool:
         return self.accelerator.is_main_process
 
+    @contextmanager
+    def _base_model(self) -> Iterator[Callable[..., torch.Tensor]]:
+        """The frozen base model's forward (no gradients): a second UNet, or with LoRA the adapters switched off."""
+        with torch.no_grad():
+            if self.base_unet is not None:
+                yield self.base_unet
+            else:
+                peft_model = self.accelerator.unwrap_model(self.unet)
+                with peft_model.disable_adapter():
+                    yield peft_model
+
     def _plain_unet(self) -> UNet2DModel:
         """The model as users load it: EMA weights if kept, LoRA merged in, no DDP or peft wrappers."""
         unet = self.accelerator.unwrap_model(self.unet)
@@ -209,8 +236,10 @@ class DDPOTrainer:
             self.run_dir.mkdir(parents=True, exist_ok=True)
             write_config(self.run_dir, config)
             truncate_metrics(self.run_dir, self.progress.epoch)
+            with self._base_model() as base:
+                self._base_fixed = self._sample_fixed_set(base)
             if not grid_path(self.run_dir, 0).exists():
-                self._save_grid(0, self._plain_unet())
+                self._save_grid(0, self._base_fixed)
         accelerator.init_trackers("ddpo", config=_scalar_items(config.to_dict()))
         excluded = torch.nonzero(~self.sampler.trainable).squeeze(1).tolist()
         logger.info(
@@ -248,6 +277,17 @@ class DDPOTrainer:
         stats = self._train_epoch(epoch, samples)
         seconds_training = time.perf_counter() - training_started
 
+        saving = epoch % config.save_every == 0 or epoch == config.epochs
+        grid = saving and (epoch % config.grid_every == 0 or epoch == config.epochs)
+        unet = fixed = None
+        fidelity_started = time.perf_counter()
+        if self.is_main and (config.fidelity_num_images > 0 or saving):
+            unet = self._plain_unet()  # a merged copy when EMA or LoRA is on: build it once per epoch
+            if config.fidelity_num_images > 0 or grid:
+                fixed = self._sample_fixed_set(unet, with_kl=config.fidelity_num_images > 0)
+        fidelity = self._fidelity(fixed) if fixed is not None and config.fidelity_num_images > 0 else {}
+        seconds_fidelity = time.perf_counter() - fidelity_started
+
         self.progress.epoch = epoch
         self.progress.wall_time_seconds += time.perf_counter() - started
         row = {
@@ -258,21 +298,31 @@ class DDPOTrainer:
             "jpeg_kb_mean": float(gathered_bytes.mean() / 1000),
             "jpeg_bytes_mean": float(gathered_bytes.mean()),
             **stats,
+            **fidelity,
             "seconds": round(time.perf_counter() - started, 3),
             "seconds_sampling": round(seconds_sampling, 3),
             "seconds_reward": round(seconds_reward, 3),
             "seconds_training": round(seconds_training, 3),
+            "seconds_fidelity": round(seconds_fidelity, 3),
         }
-        accelerator.log(row, step=epoch)
+        if self.is_main:
+            accelerator.log(row, step=epoch)
         if self.is_main:
             append_metrics(self.run_dir, row)
+            costs = (
+                f", fixed seeds {row['jpeg_change_vs_base']:+.1%} JPEG at SSIM {row['ssim_to_base']:.2f}, "
+                f"diversity {row['diversity_vs_base']:.2f}, colour spread {row['colour_spread_vs_base']:.2f}, "
+                f"KL to base {row['kl_to_base']:.2e}"
+                if fidelity
+                else ""
+            )
             tqdm.write(
                 f"epoch {epoch}/{config.epochs}: reward {row['reward_mean']:.4f} ± {row['reward_std']:.4f}, "
-                f"JPEG {row['jpeg_kb_mean']:.3f} kB, kl {row['approx_kl']:.2e}, clipfrac {row['clipfrac']:.3f}, "
-                f"{row['seconds']:.1f}s (sample {seconds_sampling:.1f}, train {seconds_training:.1f})"
+                f"JPEG {row['jpeg_kb_mean']:.3f} kB, kl {row['approx_kl']:.2e}, clipfrac {row['clipfrac']:.3f}"
+                f"{costs}, {row['seconds']:.1f}s (sample {seconds_sampling:.1f}, train {seconds_training:.1f})"
             )
-        if epoch % config.save_every == 0 or epoch == config.epochs:
-            self._save(epoch)
+        if saving:
+            self._save(epoch, unet, fixed if grid else None)
 
     # --- sampling and rewards -----------------------------------------------------------------------
 
@@ -325,7 +375,7 @@ class DDPOTrainer:
         trainable = torch.nonzero(self.sampler.trainable).squeeze(1)
         num_samples = samples.latents.shape[0]
         num_minibatches = num_samples // config.train_batch_size
-        totals = torch.zeros(3, device=device)  # loss, approx_kl, clipfrac: synced once per epoch
+        totals = torch.zeros(4, device=device)  # loss, approx_kl, clipfrac, kl_penalty: synced once per epoch
         count = 0
         self._nonfinite_losses.zero_()
         self.unet.train()
@@ -353,8 +403,8 @@ class DDPOTrainer:
                     bar.update()
         bar.close()
         # Every process runs the same number of steps, so the mean of the per-process means is the global mean.
-        loss, approx_kl, clipfrac = accelerator.reduce(totals / max(count, 1), reduction="mean").tolist()
-        return {"loss": loss, "approx_kl": approx_kl, "clipfrac": clipfrac}
+        loss, approx_kl, clipfrac, kl = accelerator.reduce(totals / max(count, 1), reduction="mean").tolist()
+        return {"loss": loss, "approx_kl": approx_kl, "clipfrac": clipfrac, "kl_penalty": kl}
 
     def _train_step(
         self, samples: EpochSamples, rows: torch.Tensor, step_index: torch.Tensor, epoch: int
@@ -366,10 +416,19 @@ class DDPOTrainer:
         old_log_prob = samples.log_probs[rows, step_index]
         advantages = samples.advantages[rows]
         with accelerator.accumulate(self.unet):
-            log_prob = self.sampler.score_step(self.unet, sample, step_index, next_sample, accelerator.autocast)
+            if config.kl_coef > 0:  # the base's step policy first, so disabling LoRA adapters never meets the graph
+                with self._base_model() as base:
+                    base_mean = self.sampler.predict_mean(base, sample, step_index, accelerator.autocast)
+            mean = self.sampler.predict_mean(self.unet, sample, step_index, accelerator.autocast)
+            log_prob = self.sampler.log_prob(next_sample, mean, step_index)
             policy = ppo_clip_loss(log_prob, old_log_prob, advantages, config.clip_range)
-            self._nonfinite_losses += (~torch.isfinite(policy.loss.detach())).float()
-            accelerator.backward(policy.loss)
+            loss = policy.loss
+            kl = torch.zeros((), device=mean.device)
+            if config.kl_coef > 0:
+                kl = gaussian_kl(mean, base_mean, self.sampler.step_tables(mean.device).std[step_index]).mean()
+                loss = loss + config.kl_coef * kl
+            self._nonfinite_losses += (~torch.isfinite(loss.detach())).float()
+            accelerator.backward(loss)
             if accelerator.sync_gradients:
                 self._check_finite(epoch)
                 accelerator.clip_grad_norm_(self.unet.parameters(), config.max_grad_norm)
@@ -379,7 +438,7 @@ class DDPOTrainer:
             self.progress.global_step += 1
             if self.ema is not None:
                 self.ema.step([parameter for parameter in self.unet.parameters() if parameter.requires_grad])
-        return torch.stack([policy.loss.detach(), policy.approx_kl, policy.clipfrac])
+        return torch.stack([loss.detach(), policy.approx_kl, policy.clipfrac, kl.detach()])
 
     def _check_finite(self, epoch: int) -> None:
         """Stop before a NaN/inf loss reaches the weights; every process stops together.
@@ -402,31 +461,69 @@ class DDPOTrainer:
 
     # --- outputs -----------------------------------------------------------------------------------------
 
+    @property
+    def _fixed_set_size(self) -> int:
+        """Images of the fixed-seed set: the fidelity images and the grid's (the first `grid_size`)."""
+        return max(self.config.fidelity_num_images, self.config.grid_size)
+
     @torch.no_grad()
-    def _save_grid(self, epoch: int, unet: UNet2DModel) -> None:
-        """Sample the fixed-seed grid (same noise every time), so grids of different epochs pair up."""
-        config = self.config
-        unet.eval()
-        noise = torch.randn((config.grid_size, *self.sample_shape), generator=_generator(config.seed, GRID, 0))
-        rollout = self.sampler.rollout(
-            unet,
-            noise.to(self.accelerator.device),
-            generator=_generator(config.seed, GRID, 1),
-            autocast=self.accelerator.autocast,
+    def _sample_fixed_set(self, unet: Callable[..., torch.Tensor], *, with_kl: bool = False) -> Rollout:
+        """The fixed-seed samples (same initial and per-step noise every time), so epochs pair up seed by seed.
+
+        `with_kl` also records each step's KL to the base model's step policy.
+        """
+        if hasattr(unet, "eval"):
+            unet.eval()
+        seed, device, size = self.config.seed, self.accelerator.device, self._fixed_set_size
+        noise = torch.randn((size, *self.sample_shape), generator=_generator(seed, GRID, 0))
+        parts = []
+        for start in range(0, size, self.config.sample_batch_size):
+            stop = min(start + self.config.sample_batch_size, size)
+            with self._base_model() if with_kl else nullcontext() as base:
+                parts.append(
+                    self.sampler.rollout(
+                        unet,
+                        noise[start:stop].to(device),
+                        generator=_generator(seed, GRID, 1, start),
+                        autocast=self.accelerator.autocast,
+                        reference=base,
+                    )
+                )
+        return Rollout(
+            latents=torch.cat([part.latents[:, -1:] for part in parts]),  # the images are all that is kept
+            timesteps=parts[0].timesteps,
+            log_probs=torch.cat([part.log_probs for part in parts]),
+            trainable=parts[0].trainable,
+            kl_to_reference=torch.cat([part.kl_to_reference for part in parts]) if with_kl else None,
         )
+
+    def _fidelity(self, fixed: Rollout) -> dict[str, float]:
+        """What this epoch's model costs, on the fixed seeds against the base's images of the same seeds."""
+        size = self.config.fidelity_num_images
+        images, base_images = fixed.images[:size], self._base_fixed.images[:size]
+        sizes, base_sizes = np.asarray(jpeg_sizes(images)), np.asarray(jpeg_sizes(base_images))
+        # Over the trained steps, as the leash sees it: the near-deterministic ones divide by a tiny std.
+        kl = fixed.kl_to_reference[:size][:, self.sampler.trainable.to(fixed.kl_to_reference.device)]
+        return {
+            "fidelity_jpeg_bytes_mean": float(sizes.mean()),
+            "jpeg_change_vs_base": float(sizes.mean() / base_sizes.mean() - 1),
+            **fidelity_to_base(images, base_images),
+            "kl_to_base": float(kl.mean()),
+        }
+
+    def _save_grid(self, epoch: int, fixed: Rollout) -> None:
         path = grid_path(self.run_dir, epoch)
         path.parent.mkdir(parents=True, exist_ok=True)
-        image_grid(rollout.images).save(path)
+        image_grid(fixed.images[: self.config.grid_size]).save(path)
 
-    def _save(self, epoch: int) -> None:
-        """Pipeline, grid and run facts first, then the checkpoint that marks the epoch complete."""
-        config, accelerator = self.config, self.accelerator
+    def _save(self, epoch: int, unet: UNet2DModel | None, fixed: Rollout | None) -> None:
+        """Pipeline, grid and run facts first (main process), then the checkpoint that marks the epoch complete."""
+        accelerator = self.accelerator
         accelerator.wait_for_everyone()
         if self.is_main:
-            unet = self._plain_unet()  # a merged copy when EMA or LoRA is on: build it once per save
             save_pipeline(unet, self.scheduler_config, self.run_dir)
-            if epoch % config.grid_every == 0 or epoch == config.epochs:
-                self._save_grid(epoch, unet)
+            if fixed is not None:
+                self._save_grid(epoch, fixed)
             write_run_info(
                 self.run_dir, base_model_path=self.base_model_path, hardware=self._hardware(), progress=self.progress
             )

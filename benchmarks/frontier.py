@@ -1,0 +1,185 @@
+"""The fidelity frontier: how many JPEG bytes each method saves, and what it costs the pictures (run by hand).
+
+    python benchmarks/frontier.py                                  # every method below, then the table and plot
+    python benchmarks/frontier.py --methods ddpo ddpo-kl1           # some of them (finished runs are reused)
+    python benchmarks/frontier.py --method "mine=--kl-coef 3 --learning-rate 1e-5"   # any ddpo-train flags
+
+A method is a name plus `ddpo-train` flags on top of `--preset tiny` (another trainer adds a row with its own
+flags, e.g. `--algorithm nft`). Every method gets the preset's reward-query budget (its epochs x samples).
+Per epoch, the trainer measures 64 fixed seeds on its own rollout sampler against the base's images from the
+same noise (metrics.jsonl: jpeg_change_vs_base, ssim_to_base, diversity_vs_base, colour_spread_vs_base). At the
+end, the final model is measured with stock diffusers pipelines on 64 seeds, both models given the same noise:
+`DDIMPipeline` with the rollout's steps and eta, and `DDPMPipeline`'s default 1000 steps. The reference is a
+Gaussian blur of the base's own samples (radius 0.5-3): a fine-tune that saves fewer bytes than a blur at the
+same SSIM has learned less than a one-line filter.
+
+Prints one table, writes `frontier.png` (cut against SSIM, one curve per method, one point per epoch) and
+`frontier.json` into the output folder.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import shlex
+import time
+from pathlib import Path
+
+import numpy as np
+from PIL import Image, ImageFilter
+
+from ddpo_hub.model_card.figures import cut_vs_ssim
+from ddpo_hub.training.cli import parse_config
+from ddpo_hub.training.evaluate import ROLLOUT, EvalSampler, run_evaluation
+from ddpo_hub.training.fidelity import fidelity_to_base
+from ddpo_hub.training.jpeg import jpeg_sizes
+from ddpo_hub.training.run_folder import latest_checkpoint, load_run
+from ddpo_hub.training.trainer import DDPOTrainer
+
+METHODS: dict[str, str] = {
+    "ddpo": "",  # the tiny preset as it is
+    "ddpo-kl0.1": "--kl-coef 0.1",
+    "ddpo-kl1": "--kl-coef 1",
+    "ddpo-kl10": "--kl-coef 10",
+}
+BLUR_RADII = (0.5, 1.0, 1.5, 2.0, 2.5, 3.0)
+NUM_IMAGES = 64
+TARGET = {"cut": 0.30, "ssim_to_base": 0.55, "diversity_vs_base": 0.90, "colour_spread_vs_base": 0.90}
+FIRST_REACH = {"cut": 0.25, "ssim_to_base": 0.55}
+"""The issue's milestone: reward queries until a method first stands at a 25% cut with SSIM >= 0.55."""
+
+
+def train_method(name: str, flags: str, output_dir: Path) -> Path:
+    """Run (or reuse, when finished) `--preset tiny` with `flags`, measuring 64 fixed seeds every epoch."""
+    run_dir = output_dir / name
+    argv = ["--preset", "tiny", *shlex.split(flags), "--output-dir", str(run_dir)]
+    argv += ["--fidelity-num-images", str(NUM_IMAGES), "--eval-num-images", "0"]
+    config = parse_config(argv)
+    checkpoint = latest_checkpoint(run_dir)
+    if checkpoint is not None and load_run(run_dir).epochs_completed >= config.epochs:
+        print(f"{name}: reusing the finished run in {run_dir}", flush=True)
+        return run_dir
+    if checkpoint is not None:
+        config = parse_config([*argv, "--resume", "latest"])
+    print(f"==> {name}: ddpo-train {' '.join(argv)}", flush=True)
+    DDPOTrainer(config).train()
+    return run_dir
+
+
+def stock_samplers(run_dir: Path) -> list[EvalSampler]:
+    config = load_run(run_dir).config
+    return [
+        EvalSampler(ROLLOUT, config["scheduler"].upper(), config["num_steps"], config["eta"]),
+        EvalSampler("ddpm", "DDPM", 1000),
+    ]
+
+
+def blurred(images: list[Image.Image], radius: float) -> list[Image.Image]:
+    return [image.filter(ImageFilter.GaussianBlur(radius)) for image in images]
+
+
+def measure(images: list[Image.Image], base: list[Image.Image]) -> dict[str, float]:
+    sizes, base_sizes = np.mean(jpeg_sizes(images)), np.mean(jpeg_sizes(base))
+    return {"cut": float(1 - sizes / base_sizes), **fidelity_to_base(images, base)}
+
+
+def reaches(point: dict, goal: dict) -> bool:
+    return all(point[key] >= value for key, value in goal.items() if key in point)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--methods", nargs="*", default=list(METHODS), help=f"of {', '.join(METHODS)}")
+    parser.add_argument("--method", action="append", default=[], metavar="NAME=FLAGS", help="add a method")
+    parser.add_argument("--output-dir", type=Path, default=Path("runs/frontier"))
+    parser.add_argument("--no-train", action="store_true", help="only tabulate runs that already exist")
+    args = parser.parse_args()
+    methods = {name: METHODS[name] for name in args.methods}
+    methods |= dict(item.split("=", 1) for item in args.method)
+    args.output_dir.mkdir(parents=True, exist_ok=True)
+
+    runs = {}
+    for name, flags in methods.items():
+        started = time.perf_counter()
+        run_dir = args.output_dir / name if args.no_train else train_method(name, flags, args.output_dir)
+        runs[name] = (run_dir, time.perf_counter() - started)
+
+    # The base's stock-pipeline samples, shared by every method and the blur reference.
+    first = next(iter(runs.values()))[0]
+    base_path = load_run(first).base_model_path
+    samplers = stock_samplers(first)
+    base_results, base_samples = run_evaluation(base_path, None, schedulers=samplers, num_images=NUM_IMAGES)
+
+    table, curves = [], {}
+    for name, (run_dir, _) in runs.items():
+        run = load_run(run_dir)
+        per_epoch = [
+            {
+                "epoch": row["epoch"],
+                "reward_queries": row["epoch"] * run.config["num_samples"],
+                "cut": -row["jpeg_change_vs_base"],
+                **{key: row[key] for key in ("ssim_to_base", "diversity_vs_base", "colour_spread_vs_base")},
+                "kl_to_base": row["kl_to_base"],
+            }
+            for row in run.metrics
+        ]
+        curves[name] = [(1.0, 0.0)] + [(row["ssim_to_base"], 100 * row["cut"]) for row in per_epoch]
+        _, samples = run_evaluation(str(run_dir), None, schedulers=samplers, num_images=NUM_IMAGES)
+        final = {key: measure(samples[key]["model"], base_samples[key]["model"]) for key in samples}
+        first_reach = next((row["reward_queries"] for row in per_epoch if reaches(row, FIRST_REACH)), None)
+        table.append(
+            {
+                "method": name,
+                "flags": methods[name],
+                "reward_queries": per_epoch[-1]["reward_queries"],
+                "wall_seconds": sum(row["seconds"] for row in run.metrics),
+                "first_reach_25pct_ssim055": first_reach,
+                "final": final,
+                "per_epoch": per_epoch,
+            }
+        )
+    blur_rows = []
+    for radius in BLUR_RADII:
+        final = {
+            key: measure(blurred(base_samples[key]["model"], radius), base_samples[key]["model"])
+            for key in base_samples
+        }
+        blur_rows.append({"method": f"blur r={radius:g}", "final": final})
+    curves["blur (base)"] = [(1.0, 0.0)] + [
+        (row["final"][ROLLOUT]["ssim_to_base"], 100 * row["final"][ROLLOUT]["cut"]) for row in blur_rows
+    ]
+
+    header = (
+        f"{'method':<16} {'queries':>7} {'wall':>7} {'cut rollout':>11} {'cut DDPM1000':>12} "
+        f"{'SSIM':>5} {'divers.':>7} {'colour':>6} {'SSIM(DDPM)':>10} {'1st 25%/0.55':>12} {'target':>6}"
+    )
+    print("\n" + header + "\n" + "-" * len(header))
+    for row in [*table, *blur_rows]:
+        rollout, ddpm = row["final"][ROLLOUT], row["final"]["ddpm"]
+        hit = reaches(rollout, TARGET) and reaches(ddpm, {"cut": TARGET["cut"]})
+        queries = row.get("reward_queries", "-")
+        wall = f"{row['wall_seconds']:.0f}s" if "wall_seconds" in row else "-"
+        first_reach = row.get("first_reach_25pct_ssim055", "-") if "per_epoch" in row else "-"
+        print(
+            f"{row['method']:<16} {queries!s:>7} {wall:>7} {rollout['cut']:>11.1%} {ddpm['cut']:>12.1%} "
+            f"{rollout['ssim_to_base']:>5.2f} {rollout['diversity_vs_base']:>7.2f} "
+            f"{rollout['colour_spread_vs_base']:>6.2f} {ddpm['ssim_to_base']:>10.2f} {first_reach!s:>12} "
+            f"{'yes' if hit else 'no':>6}"
+        )
+    for row in table:
+        print(f"\n{row['method']} per epoch (64 fixed seeds, rollout sampler, same noise as the base):")
+        for point in row["per_epoch"]:
+            print(
+                f"  epoch {point['epoch']:>2} ({point['reward_queries']:>5} queries): cut {point['cut']:6.1%}, "
+                f"SSIM {point['ssim_to_base']:.2f}, diversity {point['diversity_vs_base']:.2f}, "
+                f"colour spread {point['colour_spread_vs_base']:.2f}, KL to base {point['kl_to_base']:.3g}"
+            )
+    cut_vs_ssim(curves, target=(TARGET["ssim_to_base"], 100 * TARGET["cut"])).save(args.output_dir / "frontier.png")
+    (args.output_dir / "frontier.json").write_text(
+        json.dumps({"methods": table, "blur": blur_rows, "base": base_results}, indent=2) + "\n"
+    )
+    print(f"\nWrote {args.output_dir / 'frontier.png'} and {args.output_dir / 'frontier.json'}")
+
+
+if __name__ == "__main__":
+    main()
