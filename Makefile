@@ -21,7 +21,7 @@ $(STAMP): pyproject.toml
 # Fine-tune the bundled tiny DDPM (the embedded default), evaluate it, publish it to a Hub server on
 # 127.0.0.1 and load it back with DDPMPipeline.from_pretrained.
 demo: $(STAMP)
-	$(BIN)/python -m ddpo_hub.training.publish_job --preset tiny --output-dir runs/tiny --eval-num-images 64 --local-hub
+	$(BIN)/python -m ddpo_hub.training.publish_job --preset tiny --output-dir runs/tiny --eval-num-images 64 --local-hub --overwrite
 
 # Debian's Chromium for the Space's browser test (Playwright cannot download browsers here).
 browser:

@@ -4,8 +4,8 @@
     python benchmarks/frontier.py --methods ddpo ddpo-kl1           # some of them (finished runs are reused)
     python benchmarks/frontier.py --method "mine=--kl-coef 3 --learning-rate 1e-5"   # any ddpo-train flags
 
-A method is a name plus `ddpo-train` flags on top of `--preset tiny` (another trainer adds a row with its own
-flags, e.g. `--algorithm nft`). Every method gets the preset's reward-query budget (its epochs x samples).
+A method is a name plus `ddpo-train` flags on top of `--preset tiny --kl-coef 0 --epochs 8` (another trainer adds
+a row with its own flags, e.g. `--algorithm nft`). Every method gets the same 1,024 reward queries.
 Per epoch, the trainer measures 64 fixed seeds on its own rollout sampler against the base's images from the
 same noise (metrics.jsonl: jpeg_change_vs_base, ssim_to_base, diversity_vs_base, colour_spread_vs_base). At the
 end, the final model is measured with stock diffusers pipelines on 64 seeds, both models given the same noise:
@@ -29,21 +29,27 @@ import numpy as np
 from PIL import Image, ImageFilter
 
 from ddpo_hub.model_card.figures import cut_vs_ssim
-from ddpo_hub.training.cli import parse_config
+from ddpo_hub.training.cli import parse_config, trainer_class
 from ddpo_hub.training.evaluate import ROLLOUT, EvalSampler, run_evaluation
 from ddpo_hub.training.fidelity import fidelity_to_base
 from ddpo_hub.training.jpeg import jpeg_sizes
 from ddpo_hub.training.run_folder import latest_checkpoint, load_run
-from ddpo_hub.training.trainer import DDPOTrainer
 
 METHODS: dict[str, str] = {
-    "ddpo": "",  # the tiny preset as it is
+    "ddpo": "",  # the tiny preset's DDPO settings without the KL leash (the preset before the frontier)
     "ddpo-kl0.1": "--kl-coef 0.1",
     "ddpo-kl1": "--kl-coef 1",
-    "ddpo-kl10": "--kl-coef 10",
+    # Only the later steps (t <= 400 of 1000: std <= 0.42) learn: they set grain and detail, not composition.
+    "ddpo-late": "--max-train-std 0.42",
+    # DiffusionNFT (training/nft.py) on the same budget: deterministic (eta 0) or stochastic rollouts, +- KL.
+    "nft-eta0": "--algorithm nft --eta 0 --learning-rate 3e-5",
+    "nft-eta1": "--algorithm nft --eta 1 --learning-rate 3e-5",
+    "nft-eta0-kl": "--algorithm nft --eta 0 --learning-rate 3e-5 --kl-coef 1",
 }
 BLUR_RADII = (0.5, 1.0, 1.5, 2.0, 2.5, 3.0)
 NUM_IMAGES = 64
+EPOCHS = 8
+"""Every method gets 8 epochs of the preset's 128 samples: 1,024 reward queries."""
 TARGET = {"cut": 0.30, "ssim_to_base": 0.55, "diversity_vs_base": 0.90, "colour_spread_vs_base": 0.90}
 FIRST_REACH = {"cut": 0.25, "ssim_to_base": 0.55}
 """The issue's milestone: reward queries until a method first stands at a 25% cut with SSIM >= 0.55."""
@@ -52,7 +58,17 @@ FIRST_REACH = {"cut": 0.25, "ssim_to_base": 0.55}
 def train_method(name: str, flags: str, output_dir: Path) -> Path:
     """Run (or reuse, when finished) `--preset tiny` with `flags`, measuring 64 fixed seeds every epoch."""
     run_dir = output_dir / name
-    argv = ["--preset", "tiny", *shlex.split(flags), "--output-dir", str(run_dir)]
+    argv = [
+        "--preset",
+        "tiny",
+        "--kl-coef",
+        "0",
+        "--epochs",
+        str(EPOCHS),
+        *shlex.split(flags),
+        "--output-dir",
+        str(run_dir),
+    ]
     argv += ["--fidelity-num-images", str(NUM_IMAGES), "--eval-num-images", "0"]
     config = parse_config(argv)
     checkpoint = latest_checkpoint(run_dir)
@@ -62,7 +78,7 @@ def train_method(name: str, flags: str, output_dir: Path) -> Path:
     if checkpoint is not None:
         config = parse_config([*argv, "--resume", "latest"])
     print(f"==> {name}: ddpo-train {' '.join(argv)}", flush=True)
-    DDPOTrainer(config).train()
+    trainer_class(config.algorithm)(config).train()
     return run_dir
 
 
@@ -119,7 +135,7 @@ def main() -> None:
                 "reward_queries": row["epoch"] * run.config["num_samples"],
                 "cut": -row["jpeg_change_vs_base"],
                 **{key: row[key] for key in ("ssim_to_base", "diversity_vs_base", "colour_spread_vs_base")},
-                "kl_to_base": row["kl_to_base"],
+                "kl_to_base": row.get("kl_to_base", float("nan")),  # none for deterministic rollouts
             }
             for row in run.metrics
         ]

@@ -26,8 +26,25 @@ from ddpo_hub.training.run_folder import CARD_IMAGES_DIR, CARD_NAME, Run, load_r
 
 TEMPLATE_PATH = Path(__file__).with_name("template.md")
 DEFAULT_LICENSE = "apache-2.0"
-BASE_TAGS = ("pytorch", "diffusers", "unconditional-image-generation", "ddpo", "reinforcement-learning")
+BASE_TAGS = ("pytorch", "diffusers", "unconditional-image-generation", "reinforcement-learning")
+"""Every card's tags; the algorithm (`ddpo`, `nft`) and the reward are added."""
 IMAGES_DIR = CARD_IMAGES_DIR
+ALGORITHMS = {
+    "ddpo": {
+        "key": "ddpo",
+        "name": "DDPO",
+        "long_name": "denoising diffusion policy optimization",
+        "paper": "[Training Diffusion Models with Reinforcement Learning](https://arxiv.org/abs/2305.13301), "
+        "Kevin Black, Michael Janner, Yilun Du, Ilya Kostrikov, Sergey Levine (2023).",
+    },
+    "nft": {
+        "key": "nft",
+        "name": "DiffusionNFT",
+        "long_name": "negative-aware fine-tuning on the forward process, ported to epsilon prediction",
+        "paper": "[DiffusionNFT: Online Diffusion Reinforcement with Forward Process]"
+        "(https://arxiv.org/abs/2509.16117), Kaiwen Zheng et al. (2025).",
+    },
+}
 FIDELITY_METRICS = {
     "ssim_to_base": "Same-seed SSIM to the base model",
     "diversity_vs_base": "Diversity vs base model",
@@ -218,7 +235,7 @@ def card_data(run: Run, *, repo_id: str | None, evaluation: dict | None, license
         library_name="diffusers",
         pipeline_tag="unconditional-image-generation",
         base_model=hub_model_id(run.config.get("base_model")),
-        tags=[*BASE_TAGS, _reward_tag(reward)],
+        tags=[*BASE_TAGS, str(run.config.get("algorithm", "ddpo")), _reward_tag(reward)],
         model_name=_model_name(run, repo_id),
         eval_results=results or None,
     )
@@ -306,9 +323,12 @@ def _render(run: Run, *, repo_id: str | None, evaluation: dict | None, license: 
         total = run.config["num_samples"] * run.epochs_completed
         reward_queries = f"{total:,} ({run.config['num_samples']:,} samples per epoch × {run.epochs_completed} epochs)"
     data = card_data(run, repo_id=repo_id, evaluation=evaluation, license=license)
+    algorithm = ALGORITHMS.get(str(run.config.get("algorithm", "ddpo")), ALGORITHMS["ddpo"])
     context = {
         "card_data": data.to_yaml(),
-        "title": f"{_model_name(run, repo_id)}: DDPO fine-tune for {reward_title}",
+        "title": f"{_model_name(run, repo_id)}: {algorithm['name']} fine-tune for {reward_title}",
+        "algorithm": algorithm,
+        "kl_coef": run.config.get("kl_coef") or None,
         "model_name": f"`{_model_name(run, repo_id)}`",
         "base_link": _display_model(base),
         "reward": reward,

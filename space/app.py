@@ -5,22 +5,31 @@ Each byte count shown is the length of the file a user downloads: images are enc
 unchanged; PIL images or arrays would be re-encoded by the gallery (as WebP by default).
 
 Run `python space/app.py`; `MODEL_ID` (Hub id or local pipeline folder) picks the default model and
-`ALLOWED_MODELS` (comma-separated Hub ids) optionally restricts what users may load.
+`ALLOWED_MODELS` (comma-separated Hub ids) optionally restricts what users may load. Visitors may name Hub
+repo ids (checked before any lookup, and fetched from the Hub only) and the bundled models; a local folder
+is served only when the operator named it, under its folder's name: no server path reaches a visitor.
 """
 
 from __future__ import annotations
 
+import logging
 import os
+import re
+import tempfile
 import threading
 from collections import OrderedDict
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
+from pathlib import Path
 from statistics import mean
 
 import gradio as gr
 import torch
 from diffusers import UNet2DModel
 from gradio.processing_utils import save_bytes_to_cache
+from huggingface_hub import constants
+from huggingface_hub.errors import HFValidationError
+from huggingface_hub.utils import validate_repo_id
 from PIL import Image
 
 from ddpo_hub.training.fidelity import fidelity_to_base, ssim_to_base
@@ -30,7 +39,7 @@ from ddpo_hub.training.pipelines import (
     TINY_BASE_MODEL,
     ModelLoadError,
     build_pipeline,
-    hub_repo_id,
+    bundled_models,
     is_local_path,
     load_unet_and_scheduler_config,
     read_base_model,
@@ -67,6 +76,15 @@ DEFAULT_IMAGES = 4
 MAX_SEED = 2**31 - 1
 CACHE_SIZE = 4
 """Models kept loaded: a fine-tuned model and its base for two comparisons."""
+MAX_REPO_PART_LENGTH = 96
+"""The Hub's limit on a repo name (and here on its namespace too): longer ids are refused unread."""
+MAX_REVISION_LENGTH = 200
+_REVISION = re.compile(r"[A-Za-z0-9][A-Za-z0-9._/-]*")
+"""Branches, tags (`epoch-10`), commit hashes and `refs/pr/N`: what git refs and the Hub allow, bar oddities."""
+APP_ROOT = Path(__file__).resolve().parents[1]
+"""The installed project (the checkout, or the Space's folder): never named to visitors."""
+
+logger = logging.getLogger(__name__)
 
 
 @dataclass(frozen=True)
@@ -78,6 +96,63 @@ class LoadedModel:
     base_model: str | None
 
 
+@dataclass(frozen=True)
+class ServedModel:
+    """A model the Space agreed to serve: what visitors see, and what is loaded (never shown to them)."""
+
+    label: str
+    """The name in the dropdown, the table and messages: a Hub id, a bundled name or a local folder's name."""
+    source: str
+    """What is loaded: the Hub id, the bundled name or the server folder."""
+    hub: bool
+    """Loaded from the Hub only: `source` is never looked up on the file system."""
+
+
+def display_name(folder: str, taken: Sequence[str] = ()) -> str:
+    """A local folder's name for visitors (its last part, numbered if `taken`): the path stays on the server."""
+    name = Path(folder).resolve().name or "model"
+    label, number = name, 1
+    while label in taken:
+        number += 1
+        label = f"{name}-{number}"
+    return label
+
+
+def hub_id_error(model: str) -> str | None:
+    """Why `model` is not a Hub repo id the Space may fetch (None when it is one). Reads nothing on disk."""
+    parts = model.split("/")
+    if len(model) > 2 * MAX_REPO_PART_LENGTH + 1 or any(len(part) > MAX_REPO_PART_LENGTH for part in parts):
+        return (
+            f"A Hub model id ('user/model') has at most {MAX_REPO_PART_LENGTH} characters in each part; "
+            f"the one entered has {len(model):,} characters."
+        )
+    try:
+        if not model.isascii():
+            raise HFValidationError("not ASCII")
+        validate_repo_id(model)
+    except HFValidationError:
+        return (
+            "Enter a Hub model id such as 'user/model' (letters, digits, '-', '_' and '.'; no '..' or '--'); "
+            "server folders are not served."
+        )
+    return None
+
+
+_ABSOLUTE_PATH = re.compile(r"(?<![\w:/.~-])(?:~|[A-Za-z]:)?[/\\][^\s'\"`,;)]+")
+
+
+def scrub_paths(message: str, folders: Mapping[str, str] | None = None) -> str:
+    """`message` as a visitor may see it: served `folders` (path -> label) by their labels, other server paths
+    hidden. Pure string work: nothing is looked up on disk."""
+    replacements = dict(folders or {})
+    replacements[constants.HF_HUB_CACHE] = "the model cache"
+    replacements[str(APP_ROOT)] = "the app"
+    replacements[tempfile.gettempdir()] = "a temporary folder"
+    for path in sorted(replacements, key=len, reverse=True):
+        message = message.replace(path, replacements[path])
+    return _ABSOLUTE_PATH.sub("<a server path>", message)
+
+
 class ModelCache:
     """Loaded models keyed by (model id, revision); beyond `max_models` the least recently used is dropped.
 
@@ -87,20 +162,24 @@ class ModelCache:
     def __init__(self, max_models: int, device: torch.device):
         self.max_models = max_models
         self.device = device
-        self._models: OrderedDict[tuple[str, str | None], LoadedModel] = OrderedDict()
+        self._models: OrderedDict[tuple[str, str | None, bool], LoadedModel] = OrderedDict()
         self._lock = threading.Lock()
 
-    def get(self, model_id: str, revision: str | None = None) -> LoadedModel:
-        key = (model_id, revision)
+    def __len__(self) -> int:
+        return len(self._models)
+
+    def get(self, model_id: str, revision: str | None = None, *, hub_only: bool = False) -> LoadedModel:
+        """`hub_only`: `model_id` is a Hub repo id, fetched from the Hub and never looked up on disk."""
+        key = (model_id, revision, hub_only)
         with self._lock:
             if key in self._models:
                 self._models.move_to_end(key)
                 return self._models[key]
-            unet, scheduler_config = load_unet_and_scheduler_config(model_id, revision=revision)
+            unet, scheduler_config = load_unet_and_scheduler_config(model_id, revision=revision, hub_only=hub_only)
             loaded = LoadedModel(
                 unet=unet.to(self.device).eval(),
                 scheduler_config=scheduler_config,
-                base_model=read_base_model(model_id, revision=revision),
+                base_model=read_base_model(model_id, revision=revision, hub_only=hub_only),
             )
             self._models[key] = loaded
             if len(self._models) > self.max_models:
@@ -174,7 +253,7 @@ def summarize(
     return f"{line}; {', '.join(costs)}."
 
 
-def compare_with_base(images: Sequence[Image.Image], base_images: Sequence[Image.Image]) -> dict[str, float]:
+def fidelity_figures(images: Sequence[Image.Image], base_images: Sequence[Image.Image]) -> dict[str, float]:
     """The fidelity figures of `training.fidelity` for one request (diversity needs two images or more)."""
     if len(images) >= 2:
         return fidelity_to_base(images, base_images)
@@ -194,21 +273,69 @@ def build_demo(
 
     `model_id` is the default model (a Hub id or local folder; the bundled tiny model when None). When
     `allowed_models` is given, users may only pick those models (and the default); a model's base model
-    named in its card is always allowed with it.
+    named in its card is always allowed with it. Visitors may otherwise name Hub repo ids and the bundled
+    models; server folders are served only when the operator named them here, and shown by their names.
     """
-    default_model = model_id or TINY_BASE_MODEL.name
-    allowed = {default_model, *allowed_models} if allowed_models else set()
+    bundled = frozenset(bundled_models())
+    local: dict[str, str] = {}
+    """Label -> server folder, for the folders the operator named: the only folders a visitor can reach."""
+    shown_as: dict[str, str] = {}
+    """Those folders' paths as given and resolved -> label: what error messages show instead."""
+
+    def operator_model(model: str) -> str:
+        """The label of a model the operator named; a local folder gets a display name."""
+        if model in bundled or not is_local_path(model):
+            return model
+        label = display_name(model, taken=[*local, *bundled])
+        local[label] = model
+        shown_as[model] = shown_as[str(Path(model).resolve())] = label
+        return label
+
+    default_label = operator_model(model_id or TINY_BASE_MODEL.name)
+    allowed = {default_label, *map(operator_model, allowed_models)} if allowed_models else set()
     device = device or torch.device("cuda" if torch.cuda.is_available() else "cpu")
     cache = ModelCache(cache_size, device)
 
-    def check_model(model: str, revision: str | None) -> None:
-        """Refuse models the operator did not allow and folders on the server (bar the default model)."""
-        if allowed and model not in allowed:
+    def resolve_model(model: str, revision: str | None) -> ServedModel:
+        """What a visitor's model id names, or a `gr.Error`; no file-system call for anything but the
+        operator's own models (the lookups below are of in-memory names, and Hub ids go to the Hub only)."""
+        if model in local:
+            served = ServedModel(model, local[model], hub=False)
+        elif allowed and model not in allowed:
             raise gr.Error(f"This Space only serves these models: {', '.join(sorted(allowed))}.")
-        if model != default_model and is_local_path(model):
-            raise gr.Error("Enter a Hub model id such as 'user/model'; server folders are not served.")
-        if revision and hub_repo_id(model) is None:
-            raise gr.Error(f"{model} is a folder on the server: revisions only apply to Hub repos.")
+        elif model in bundled:
+            served = ServedModel(model, model, hub=False)
+        elif error := hub_id_error(model):
+            raise gr.Error(error)
+        else:
+            served = ServedModel(model, model, hub=True)
+        if revision and not served.hub:
+            raise gr.Error(f"{served.label} is one of this Space's own models: revisions only apply to Hub repos.")
+        if revision and (len(revision) > MAX_REVISION_LENGTH or not _REVISION.fullmatch(revision) or ".." in revision):
+            raise gr.Error(
+                "Enter a revision as a branch, a tag (such as epoch-10) or a commit hash: letters, digits, "
+                f"'.', '_', '-' and '/', at most {MAX_REVISION_LENGTH} characters."
+            )
+        return served
+
+    def resolve_base(base_model: str, model: ServedModel) -> ServedModel | None:
+        """The base a card names: a Hub id or bundled model, or (in the card of the operator's own local
+        model only) a folder, shown by its name. None when the Space does not serve it."""
+        if base_model in bundled:
+            return ServedModel(base_model, base_model, hub=False)
+        if not hub_id_error(base_model):
+            return ServedModel(base_model, base_model, hub=True)
+        if not model.hub and model.source not in bundled and is_local_path(base_model):
+            return ServedModel(display_name(base_model, taken=[*local, *bundled]), base_model, hub=False)
+        return None
+
+    def load(served: ServedModel, revision: str | None = None) -> LoadedModel:
+        try:
+            return cache.get(served.source, revision, hub_only=served.hub)
+        except ModelLoadError as error:
+            logger.warning("Could not load %s: %s", served.label, error)
+            folders = shown_as if served.hub else {served.source: served.label, **shown_as}
+            raise gr.Error(scrub_paths(str(error), folders)) from error
 
     def generate(
         model_id: str,
@@ -222,29 +349,32 @@ def build_demo(
     ) -> tuple[list[tuple[str, str]], list[list], str]:
         """Sample `num_images` images from seeds seed, seed+1, ... and return their JPEG files and byte sizes."""
         check_request(scheduler, num_inference_steps, num_images, seed)
-        model_id = (model_id or "").strip() or default_model
+        model_id = (model_id or "").strip() or default_label
         revision = (revision or "").strip() or None
         seeds = list(range(seed, seed + num_images))
-        label = f"{model_id}@{revision}" if revision else model_id
 
-        check_model(model_id, revision)
+        served = resolve_model(model_id, revision)
+        label = f"{served.label}@{revision}" if revision else served.label
         progress(0, desc=f"Loading {label}")
-        try:
-            model = cache.get(model_id, revision)
-        except ModelLoadError as error:
-            raise gr.Error(str(error)) from error
-        base = None
+        model = load(served, revision)
+        base = base_served = None
         if compare_with_base and model.base_model:
-            progress(0, desc=f"Loading base model {model.base_model}")
-            try:
-                base = cache.get(model.base_model)
-            except ModelLoadError as error:
+            base_served = resolve_base(model.base_model, served)
+            untick = f"untick 'Compare with base model' to sample {label} alone."
+            if base_served is None:
                 raise gr.Error(
-                    f"{error} It is the base model named in the card of {label}: "
-                    "untick 'Compare with base model' to sample that model alone."
+                    f"The card of {label} names a base model that is neither a Hub repo id nor a model of this "
+                    f"Space: {untick}"
+                )
+            progress(0, desc=f"Loading base model {base_served.label}")
+            try:
+                base = load(base_served)
+            except gr.Error as error:
+                raise gr.Error(
+                    f"{error.message} It is the base model named in the card of {label}: {untick}"
                 ) from error
         # (table label, caption role, model) per model sampled
-        runs = [(label, "fine-tuned", model), (model.base_model, "base", base)] if base else [(label, None, model)]
+        runs = [(label, "fine-tuned", model), (base_served.label, "base", base)] if base else [(label, None, model)]
 
         results, sampled = [], []  # (table label, caption role, [(path, bytes) per seed]); the images per model
         for run_label, role, run_model in runs:
@@ -262,8 +392,8 @@ def build_demo(
                 rows.append([run_label, scheduler, seed_value, num_bytes])
         sizes = [num_bytes for _, num_bytes in results[0][2]]
         base_sizes = [num_bytes for _, num_bytes in results[1][2]] if base else []
-        fidelity = compare_with_base(*sampled) if base else None
-        summary = summarize(label, sizes, model.base_model, base_sizes, fidelity)
+        fidelity = fidelity_figures(*sampled) if base else None  # not `compare_with_base`: a parameter here
+        summary = summarize(label, sizes, base_served.label if base else None, base_sizes, fidelity)
         if compare_with_base and not model.base_model:
             summary += " Its model card names no `base_model`, so there is nothing to compare with."
         return gallery_items, rows, summary
@@ -286,8 +416,8 @@ def build_demo(
         with gr.Row():
             with gr.Column(scale=1):
                 model_box = gr.Dropdown(
-                    choices=sorted(allowed or {default_model}),
-                    value=default_model,
+                    choices=sorted(allowed or {default_label}),
+                    value=default_label,
                     allow_custom_value=True,
                     label="Model",
                     info="A Hub repo id holding a diffusers DDPMPipeline.",

@@ -21,7 +21,7 @@ from ddpo_hub.training.cli import card_main
 from ddpo_hub.training.run_folder import read_metrics
 from tests.run_folder import CONFIG, make_run_folder, metrics_row, sample_grid
 
-TAGS = ["pytorch", "diffusers", "unconditional-image-generation", "ddpo", "reinforcement-learning"]
+TAGS = ["pytorch", "diffusers", "unconditional-image-generation", "reinforcement-learning", "ddpo"]
 
 
 @pytest.fixture(scope="module")
@@ -135,19 +135,27 @@ def test_results_table_and_model_index_match_the_eval_json(evaluated_run, tiny_p
     rows = _table(card.text, "| Scheduler |")
     assert [row[0] for row in rows] == ["DDPM", "DDIM", "PNDM"]
     for row, (key, entry) in zip(rows, results["schedulers"].items(), strict=True):
-        name, steps, images, seeds, base_mean, base_median, mean, median, change = row
+        name, steps, images, seeds, base_mean, base_median, mean, median, change, ssim, diversity, spread = row
         assert (name, int(steps), int(images), seeds) == (key.upper(), entry["num_inference_steps"], 3, "7–9")
         assert float(base_mean.replace(",", "")) == pytest.approx(entry["base"]["mean"], abs=0.05)
         assert float(base_median.replace(",", "")) == entry["base"]["median"]
         assert float(mean.replace(",", "")) == pytest.approx(entry["model"]["mean"], abs=0.05)
         assert float(median.replace(",", "")) == entry["model"]["median"]
         assert float(change.rstrip("%")) == pytest.approx(100 * entry["mean_change"], abs=0.05)
+        fidelity = entry["fidelity"]
+        assert [float(ssim), float(diversity), float(spread)] == pytest.approx(
+            [fidelity["ssim_to_base"], fidelity["diversity_vs_base"], fidelity["colour_spread_vs_base"]], abs=0.005
+        )
 
     index = {(r.dataset_config, r.metric_type): r.metric_value for r in card.data.eval_results}
     assert index == {
         (key, f"jpeg_bytes_{stat}"): round(entry["model"][stat], 1)
         for key, entry in results["schedulers"].items()
         for stat in ("mean", "median")
+    } | {
+        (key, name): round(value, 4)
+        for key, entry in results["schedulers"].items()
+        for name, value in entry["fidelity"].items()
     }
     assert card.data.base_model is None  # a local folder is not valid `base_model` metadata
     assert "(a local model)" in card.text and tiny_pipeline_dir not in card.text

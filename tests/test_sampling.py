@@ -181,3 +181,13 @@ def test_ddpm_step_matches_diffusers_for_other_prediction_and_variance_types(pip
     else:
         assert (sampler.step_std[:-1] < betas[:-1].sqrt()).all()
     assert sampler.step_std[-1] == 0 and not sampler.trainable[-1]
+
+
+def test_max_train_std_leaves_only_the_later_less_noisy_steps_to_train(pipeline):
+    config = dict(pipeline.scheduler.config)
+    every = StochasticSampler(config, kind="ddim", num_steps=20, eta=1.0, min_train_std=0.05)
+    late = StochasticSampler(config, kind="ddim", num_steps=20, eta=1.0, min_train_std=0.05, max_train_std=0.4)
+    assert torch.equal(late.trainable, every.trainable & (every.step_std <= 0.4))
+    first = int(torch.nonzero(late.trainable)[0])
+    assert every.step_std[first - 1] > 0.4 >= every.step_std[first], "the noisy early steps are the ones left out"
+    assert late.trainable[first:-2].all()

@@ -7,6 +7,7 @@ served must be exactly `encode_jpeg` of those images, and their sizes what the t
 
 from __future__ import annotations
 
+import json
 import os
 import re
 import socket
@@ -16,17 +17,18 @@ import time
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
+from urllib.request import urlopen
 
 import numpy as np
 import pytest
 import torch
 from gradio_client import Client
 from gradio_client.exceptions import AppError
-from huggingface_hub import HfApi, ModelCard, ModelCardData, snapshot_download
+from huggingface_hub import HfApi, ModelCard, ModelCardData, constants, snapshot_download
 from PIL import Image
 
 from ddpo_hub.space import deploy
-from ddpo_hub.space.app import ModelCache, build_demo
+from ddpo_hub.space.app import ModelCache, build_demo, scrub_paths
 from ddpo_hub.training.jpeg import encode_jpeg, to_pil
 from ddpo_hub.training.pipelines import build_pipeline, load_unet_and_scheduler_config
 from ddpo_hub.training.rewards import jpeg_compressibility
@@ -236,23 +238,111 @@ def test_simultaneous_requests_all_complete(client, models):
 
 
 def test_allow_list_and_a_local_default_model(models, tiny_pipeline_dir, tmp_path):
+    """A local default model is served under its folder's name: its path never reaches a visitor."""
     with pytest.MonkeyPatch.context() as env:
         env.setenv("GRADIO_ANALYTICS_ENABLED", "False")
         demo = build_demo(tiny_pipeline_dir, allowed_models=[models.finetuned], device=DEVICE)
         demo.launch(server_name="127.0.0.1", server_port=free_port(), prevent_thread_lock=True, quiet=True)
+    label = Path(tiny_pipeline_dir).name
     try:
+        config = urlopen(f"{demo.local_url}config", timeout=30).read().decode()
+        assert tiny_pipeline_dir not in config and str(REPO_ROOT) not in config
+        dropdown = next(c["props"] for c in json.loads(config)["components"] if c["props"].get("label") == "Model")
+        assert dropdown["value"] == label and sorted(choice[0] for choice in dropdown["choices"]) == sorted(
+            [label, models.finetuned]
+        )
         client = Client(demo.local_url, download_files=str(tmp_path), verbose=False)
-        with pytest.raises(AppError, match="This Space only serves these models"):
-            client.predict(model_id=models.base, api_name="/generate")
+        for refused in (models.base, tiny_pipeline_dir):  # not allowed; the folder only by its name
+            with pytest.raises(AppError, match="This Space only serves these models") as error:
+                client.predict(model_id=refused, api_name="/generate")
+            assert tiny_pipeline_dir not in str(error.value) and label in str(error.value)
+        with pytest.raises(AppError, match="revisions only apply to Hub repos") as error:
+            client.predict(revision="main", api_name="/generate")
+        assert tiny_pipeline_dir not in str(error.value)
         allowed = dict(model_id=models.finetuned, scheduler="DDIM", num_inference_steps=2, num_images=1, seed=1)
         _, table, _ = client.predict(**allowed, api_name="/generate")
         assert [row[0] for row in table["data"]] == [models.finetuned, models.base]  # the base comes with it
         result = client.predict(scheduler="DDIM", num_inference_steps=2, num_images=1, seed=1, api_name="/generate")
-        expected = {tiny_pipeline_dir: expected_images(tiny_pipeline_dir, "DDIM", 2, [1])}
+        expected = {label: expected_images(tiny_pipeline_dir, "DDIM", 2, [1])}
         check_served_jpegs(result, expected, "DDIM", [1])
-        assert "names no `base_model`" in result[2]
+        assert "names no `base_model`" in result[2] and tiny_pipeline_dir not in result[2]
+        assert all(tiny_pipeline_dir not in item["caption"] for item in result[0])
     finally:
         demo.close()
+
+
+PROBE = "ddpo-probe"
+"""In every hostile id below, so that any file-system call made for one of them can be spotted."""
+
+
+def test_traversal_and_oversized_ids_are_refused_without_touching_the_file_system(
+    client, space_url, models, tmp_path, monkeypatch
+):
+    touched: list[str] = []
+    for name in ("stat", "lstat", "listdir", "scandir"):
+        original = getattr(os, name)
+
+        def recording(path=".", *args, _original=original, **kwargs):
+            if isinstance(path, (str, bytes, os.PathLike)):
+                touched.append(os.fsdecode(path))
+            return _original(path, *args, **kwargs)
+
+        monkeypatch.setattr(os, name, recording)
+    loads: list[tuple] = []
+    original_get = ModelCache.get
+    monkeypatch.setattr(
+        ModelCache,
+        "get",
+        lambda self, *args, **kwargs: loads.append((args, kwargs)) or original_get(self, *args, **kwargs),
+    )
+
+    bundled = REPO_ROOT / "training" / "base_models" / "tiny-textures-32"
+    not_an_id = "server folders are not served"
+    hostile = [
+        (f"../../../../{PROBE}/folder", not_an_id),
+        (f"/{PROBE}", not_an_id),
+        (f"~/{PROBE}", not_an_id),
+        (f"tiny-textures-32/../../{PROBE}", not_an_id),
+        (f"../base_models/{PROBE}", not_an_id),
+        (f"{PROBE}/a/b", not_an_id),
+        (f"{PROBE}\\..\\x", not_an_id),
+        (str(bundled), not_an_id),  # a real pipeline folder on this server, named by its path
+        ("/etc", not_an_id),
+        (PROBE * 1000, "at most 96 characters in each part; the one entered has 10,000 characters"),
+        (f"{PROBE}/{'x' * 97}", "at most 96 characters in each part"),
+    ]
+    valid = dict(scheduler="DDIM", num_inference_steps=2, num_images=1, seed=0, compare_with_base=False)
+    for model_id, message in hostile:
+        with pytest.raises(AppError, match=re.escape(message)) as error:
+            client.predict(model_id=model_id, **valid, api_name="/generate")
+        assert str(REPO_ROOT) not in str(error.value) and PROBE not in str(error.value)
+    assert loads == [], "nothing was loaded"
+    assert [path for path in touched if PROBE in path or "base_models" in path] == []
+
+    # A valid Hub id is fetched from the Hub only, even when a folder of that name is in the working directory.
+    make_tiny_pipeline().save_pretrained(tmp_path / PROBE)
+    monkeypatch.chdir(tmp_path)
+    touched.clear()
+    with pytest.raises(AppError, match=f"Model '{PROBE}' was not found on the Hub|Could not download '{PROBE}'"):
+        client.predict(model_id=PROBE, **valid, api_name="/generate")
+    assert loads == [((PROBE, None), {"hub_only": True})]
+    assert [path for path in touched if PROBE in path and not path.startswith(constants.HF_HUB_CACHE)] == []
+    with pytest.raises(AppError, match="Enter a revision as a branch"):
+        client.predict(model_id=models.finetuned, revision="../../x", **valid, api_name="/generate")
+
+    config = urlopen(f"{space_url}config", timeout=30).read().decode()
+    assert str(REPO_ROOT) not in config
+
+
+def test_load_errors_shown_to_visitors_name_no_server_path():
+    cache_path = f"{constants.HF_HUB_CACHE}/models--user--model/snapshots/0123/unet"
+    message = scrub_paths(
+        f"Could not load a diffusers UNet2DModel pipeline from 'run': no file named x in directory {cache_path}. "
+        f"See {REPO_ROOT}/training and /srv/models/run, or '/etc/passwd'; the Hub is http://127.0.0.1:9/api.",
+        {"/srv/models/run": "run"},
+    )
+    assert str(REPO_ROOT) not in message and constants.HF_HUB_CACHE not in message and "/etc" not in message
+    assert "/srv" not in message and "from 'run'" in message and "http://127.0.0.1:9/api" in message
 
 
 def test_model_cache_is_bounded_and_keyed_by_revision(tiny_pipeline_dir, models):

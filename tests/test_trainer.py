@@ -106,7 +106,9 @@ def test_interrupted_and_resumed_run_matches_uninterrupted_run(tiny_pipeline_dir
     with pytest.raises(KeyboardInterrupt):
         train(_config(tiny_pipeline_dir, resumed, reward="tests.test_trainer:interrupting_reward", **settings))
     assert latest_checkpoint(resumed).name == "checkpoint_1"
-    train(_config(tiny_pipeline_dir, resumed, resume="latest", **settings))
+    # The same reward setting, as a resume must keep it; the kill happens once, so it now runs through.
+    interrupting = dict(reward="tests.test_trainer:interrupting_reward", **settings)
+    train(_config(tiny_pipeline_dir, resumed, resume="latest", **interrupting))
 
     expected, actual = _weights(straight), _weights(resumed)
     assert expected.keys() == actual.keys()
@@ -120,15 +122,25 @@ def nan_reward(images: torch.Tensor):
     return [float("nan")] * images.shape[0]
 
 
-def test_nan_loss_stops_and_names_the_last_good_checkpoint(tiny_pipeline_dir, tmp_path):
+_nan_switch = {"on": False}
+
+
+def switchable_nan_reward(images: torch.Tensor):
+    """The JPEG reward until a test switches it to NaN: a resumed run must keep its reward setting."""
+    return nan_reward(images) if _nan_switch["on"] else _jpeg(images)[0]
+
+
+def test_nan_loss_stops_and_names_the_last_good_checkpoint(tiny_pipeline_dir, tmp_path, monkeypatch):
     run_dir = tmp_path / "nan"
     with pytest.raises(TrainingDivergedError, match="none: no epoch completed"):
         train(_config(tiny_pipeline_dir, run_dir, reward="tests.test_trainer:nan_reward"))
-    # A run with good epochs keeps them: resume it with the NaN reward and it stops at epoch 3.
-    train(_config(tiny_pipeline_dir, run_dir / "good", epochs=1))
+    # A run with good epochs keeps them: resume it once its reward turns NaN and it stops in epoch 2.
+    switchable = "tests.test_trainer:switchable_nan_reward"
+    train(_config(tiny_pipeline_dir, run_dir / "good", epochs=1, reward=switchable))
     before = _weights(run_dir / "good")
+    monkeypatch.setitem(_nan_switch, "on", True)
     with pytest.raises(TrainingDivergedError, match="checkpoint_1"):
-        train(_config(tiny_pipeline_dir, run_dir / "good", resume="latest", reward="tests.test_trainer:nan_reward"))
+        train(_config(tiny_pipeline_dir, run_dir / "good", resume="latest", reward=switchable))
     assert latest_checkpoint(run_dir / "good").name == "checkpoint_1"
     after = _weights(run_dir / "good")
     assert all(torch.equal(before[name], after[name]) for name in before), "the NaN step was never saved"
@@ -147,6 +159,22 @@ def test_nan_loss_stops_and_names_the_last_good_checkpoint(tiny_pipeline_dir, tm
         (["--num-steps", "2"], "No step of the 2-step ddim sampler has a noise std above --min-train-std 0.05"),
         (["--preset", "huge"], "Unknown preset 'huge'"),
         (["--base-model", "./no/such/folder"], "No such model folder"),
+        # Non-finite numbers compare false with every bound: each must be refused by name, before any epoch.
+        (["--clip-range", "nan"], "--clip-range must be a finite positive number, got nan"),
+        (["--clip-range", "inf"], "--clip-range must be a finite positive number, got inf"),
+        (["--learning-rate", "nan"], "--learning-rate must be a finite positive number, got nan"),
+        (["--max-grad-norm=-inf"], "--max-grad-norm must be a finite positive number, got -inf"),
+        (["--adam-epsilon", "nan"], "--adam-epsilon must be a finite positive number, got nan"),
+        (["--kl-coef", "inf"], "--kl-coef must be 0 (off) or positive, got inf"),
+        (["--ema-decay", "2"], "--ema-decay must be in [0, 1), got 2.0"),
+        (["--ema-decay", "1"], "--ema-decay must be in [0, 1), got 1.0"),
+        (["--adam-beta1", "nan"], "--adam-beta1 must be in [0, 1), got nan"),
+        (["--mixed-precision", "fp8"], "--mixed-precision must be 'no', 'fp16' or 'bf16', got 'fp8'"),
+        (["--eval-schedulers", "foo"], "--eval-schedulers: unknown 'foo'; choose from rollout, ddpm, ddim, pndm"),
+        (["--eval-num-images", "4", "--eval-num-inference-steps", "ddim=x"], "Bad --num-inference-steps item"),
+        (["--eval-num-images", "4", "--eval-num-inference-steps", "pndm=2"], "pndm needs between 4 and 1000"),
+        (["--grid-size", "0"], "--grid-size must be a positive integer"),
+        (["--overwrite", "--resume", "latest"], "--overwrite starts the run afresh"),
     ],
 )
 def test_bad_input_gets_a_clear_error(tiny_pipeline_dir, tmp_path, capsys, flags, message):
@@ -154,7 +182,87 @@ def test_bad_input_gets_a_clear_error(tiny_pipeline_dir, tmp_path, capsys, flags
     argv += ["--sample-batch-size", "8", "--train-batch-size", "4", *flags]
     assert train_main(argv) == 2
     assert message in capsys.readouterr().err
-    assert not (tmp_path / "run" / "checkpoints").exists()
+    assert not (tmp_path / "run").exists(), "refused before anything was written"
+
+
+def _snapshot(folder: Path) -> dict[str, bytes]:
+    """Every file under `folder`, by relative path, with its bytes."""
+    return {str(path.relative_to(folder)): path.read_bytes() for path in sorted(folder.rglob("*")) if path.is_file()}
+
+
+def _one_epoch_argv(base: str, run_dir: Path) -> list[str]:
+    argv = ["--base-model", base, "--output-dir", str(run_dir), "--epochs", "1", "--num-samples", "8"]
+    return argv + ["--sample-batch-size", "8", "--train-batch-size", "4", "--num-steps", "4", "--grid-size", "4"]
+
+
+def test_fresh_run_into_a_run_folder_is_refused_and_overwrite_replaces_it(
+    tiny_pipeline_dir, tmp_path, capsys, hub_server
+):
+    run_dir = tmp_path / "run"
+    argv = _one_epoch_argv(tiny_pipeline_dir, run_dir)
+    assert train_main(argv) == 0
+    (run_dir / "notes.txt").write_text("the user's own file\n")
+    before = _snapshot(run_dir)
+    capsys.readouterr()
+
+    pushed = ["--push-to-hub", hub_server.unique_repo_id("ddpo-refused")]
+    assert train_main([*argv, *pushed]) == 2
+    err = capsys.readouterr().err
+    assert "already holds a ddpo-hub run" in err and "--resume latest" in err and "--overwrite" in err
+    assert _snapshot(run_dir) == before, "every file byte-identical, none added"
+    assert [hub_server.calls(kind) for kind in ("create_repo", "refs", "commit")] == [0, 0, 0], "before the Hub"
+
+    assert train_main([*argv, "--overwrite"]) == 0
+    assert [row["epoch"] for row in read_metrics(run_dir)] == [1]
+    assert len((run_dir / "metrics.jsonl").read_text().splitlines()) == 1
+    assert (run_dir / "notes.txt").read_text() == "the user's own file\n", "files of no run are kept"
+    assert [path.name for path in (run_dir / "checkpoints").iterdir()] == ["checkpoint_1"]
+    assert len(list((run_dir / "logs").rglob("events.out.tfevents*"))) == len(
+        [name for name in before if "events.out.tfevents" in name]
+    ), "the old run's TensorBoard logs were deleted"
+
+
+def test_resume_refuses_settings_that_change_the_run_and_accepts_more_epochs(tiny_pipeline_dir, tmp_path, capsys):
+    run_dir = tmp_path / "run"
+    argv = _one_epoch_argv(tiny_pipeline_dir, run_dir)
+    assert train_main(argv) == 0
+    saved = (run_dir / "ddpo_config.json").read_bytes()
+    capsys.readouterr()
+
+    changed = [*argv, "--resume", "latest", "--num-steps", "5", "--eta", "0.5", "--push-every", "3"]
+    assert train_main(changed) == 2
+    err = capsys.readouterr().err
+    assert "num_steps: 4 -> 5" in err and "eta: 1.0 -> 0.5" in err
+    assert "push_every" not in err, "output-only settings may change"
+    assert (run_dir / "ddpo_config.json").read_bytes() == saved
+    assert latest_checkpoint(run_dir).name == "checkpoint_1"
+
+    # A kill while epoch 2's checkpoint was being written left it incomplete: the resumed run saves over it.
+    (run_dir / "checkpoints" / "checkpoint_2").mkdir()
+    (run_dir / "checkpoints" / "checkpoint_2" / "model.safetensors").write_bytes(b"truncated")
+    assert train_main([*argv, "--resume", "latest", "--epochs", "2"]) == 0
+    assert latest_checkpoint(run_dir).name == "checkpoint_2"
+    assert [row["epoch"] for row in read_metrics(run_dir)] == [1, 2]
+    assert json.loads((run_dir / "ddpo_config.json").read_text())["epochs"] == 2
+
+
+def test_resume_treats_settings_an_older_version_did_not_save_as_their_defaults(finished_run):
+    from ddpo_hub.training.run_folder import config_changes
+
+    saved = json.loads((finished_run / "ddpo_config.json").read_text())
+    config = DDPOConfig(**saved)
+    older = {key: value for key, value in saved.items() if key not in ("kl_coef", "fidelity_num_images")}
+    assert config_changes(older, config) == []
+    config.kl_coef = 0.5
+    assert config_changes(older, config) == ["kl_coef: 0.0 -> 0.5"]
+    assert config_changes({**saved, "removed_setting": 1}, DDPOConfig(**saved)) == []
+
+
+def test_output_dir_naming_a_file_is_refused(tiny_pipeline_dir, tmp_path, capsys):
+    (tmp_path / "file").write_text("not a folder\n")
+    assert train_main(_one_epoch_argv(tiny_pipeline_dir, tmp_path / "file")) == 2
+    assert "is a file, not a folder" in capsys.readouterr().err
+    assert (tmp_path / "file").read_text() == "not a folder\n"
 
 
 def test_unreachable_hub_is_named(tmp_path):
@@ -190,6 +298,12 @@ def test_config_file_and_flags_layer_over_the_preset(tmp_path):
     (tmp_path / "bad.yaml").write_text("learning_rat: 1\n")
     with pytest.raises(ValueError, match="Unknown setting.*learning_rat"):
         parse_config(["--config", str(tmp_path / "bad.yaml")])
+    (tmp_path / "broken.toml").write_text("epochs = [\n")
+    with pytest.raises(ValueError, match=r"Config file '.*broken\.toml' is not valid TOML"):
+        parse_config(["--config", str(tmp_path / "broken.toml")])
+    (tmp_path / "broken.yaml").write_text("epochs: [1\n")
+    with pytest.raises(ValueError, match=r"Config file '.*broken\.yaml' is not valid YAML"):
+        parse_config(["--config", str(tmp_path / "broken.yaml")])
 
 
 def test_celebahq_preset_runs_one_tiny_epoch_on_the_real_architecture(tmp_path):
@@ -219,6 +333,7 @@ def test_celebahq_preset_runs_one_tiny_epoch_on_the_real_architecture(tmp_path):
             num_steps=2,
             min_train_std=0.0,  # the one stochastic step of 2 (t = 500 -> 0) has std 0.01: train on it anyway
             grid_size=1,
+            fidelity_num_images=0,  # 256-px fixed-seed sampling takes minutes here; test_fidelity.py covers it
             eval_num_images=0,
             checkpoints_total_limit=1,
             mixed_precision="no",
@@ -268,7 +383,9 @@ def test_two_processes_gather_rewards_and_end_with_identical_weights(tiny_pipeli
 
 def test_short_run_on_the_bundled_model_raises_the_mean_reward(tmp_path):
     """The JPEG reward goes up within the tiny preset's first epochs (fixed seed): the update points the right way."""
-    config = resolve_config(preset="tiny", overrides=dict(output_dir=str(tmp_path / "run"), epochs=3, grid_size=2))
+    config = resolve_config(
+        preset="tiny", overrides=dict(output_dir=str(tmp_path / "run"), epochs=3, grid_size=2, fidelity_num_images=0)
+    )
     train(config)
     rewards = [row["reward_mean"] for row in read_metrics(tmp_path / "run")]
     assert np.mean(rewards[-2:]) > rewards[0], rewards

@@ -58,22 +58,41 @@ def parse_config(argv: Sequence[str] | None = None) -> DDPOConfig:
     return resolve_config(config_file=config_file, overrides=overrides)
 
 
+def trainer_class(algorithm: str) -> type:
+    """The trainer of `--algorithm`: `DDPOTrainer` or `NFTTrainer` (same loop, run folder and outputs)."""
+    if algorithm == "nft":
+        from ddpo_hub.training.nft import NFTTrainer
+
+        return NFTTrainer
+    from ddpo_hub.training.trainer import DDPOTrainer
+
+    return DDPOTrainer
+
+
+def check_eval_settings(config: DDPOConfig) -> None:
+    """Resolve the end-of-run evaluation's samplers now, so a bad `--eval-*` setting fails before training."""
+    from ddpo_hub.training.evaluate import ROLLOUT, parse_num_inference_steps, resolve_samplers
+
+    schedulers = config.eval_schedulers
+    steps = parse_num_inference_steps(config.eval_num_inference_steps, [name for name in schedulers if name != ROLLOUT])
+    resolve_samplers(schedulers, steps, rollout=(config.scheduler, config.num_steps, config.eta))
+
+
 def run_training(config: DDPOConfig) -> Path:
     """Train, then evaluate (`eval_num_images` > 0) and publish (`push_to_hub`): what `ddpo-train` does.
 
     Publishing is composed around the trainer: intermediate epochs are pushed as the trainer saves them
     (every `push_every`), the last one after the evaluation so that its card carries the results.
     """
-    from ddpo_hub.training.run_folder import resolve_resume
-    from ddpo_hub.training.trainer import DDPOTrainer
-
     publisher = None
 
     def push_saved_epoch(run_dir: Path, epoch: int) -> None:
         if publisher is not None and epoch % config.push_every == 0 and epoch != config.epochs:
             publisher.push_epoch(run_dir, epoch)
 
-    trainer = DDPOTrainer(config, on_epoch_saved=push_saved_epoch)
+    trainer = trainer_class(config.algorithm)(config, on_epoch_saved=push_saved_epoch)
+    if config.eval_num_images > 0:  # the evaluation runs after training: its settings are checked before
+        check_eval_settings(config)
     if config.push_to_hub and trainer.is_main:  # before training: a bad repo or token fails fast
         from ddpo_hub.training.hub import HubPublisher
 
@@ -81,7 +100,7 @@ def run_training(config: DDPOConfig) -> Path:
             config.push_to_hub,
             private=config.hub_private,
             revision=config.hub_revision,
-            replace_earlier_run=resolve_resume(config.output_dir, config.resume) is None,
+            replace_earlier_run=trainer.checkpoint is None,
         )
     try:
         run_dir = trainer.train()

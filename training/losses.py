@@ -48,3 +48,62 @@ def gaussian_kl(mean: torch.Tensor, reference_mean: torch.Tensor, std: torch.Ten
     safe_std = torch.where(std > 0, std, torch.ones_like(std)).view(shape)
     squared = ((mean.float() - reference_mean.float()) ** 2 / (2 * safe_std**2)).mean(dim=tuple(range(1, mean.ndim)))
     return torch.where(std > 0, squared, torch.zeros_like(squared))
+
+
+@dataclass
+class NFTLoss:
+    """The DiffusionNFT loss of a batch and its two halves (detached means), for logging."""
+
+    loss: torch.Tensor
+    positive: torch.Tensor
+    negative: torch.Tensor
+
+
+def nft_loss(
+    eps_theta: torch.Tensor,
+    eps_old: torch.Tensor,
+    noisy: torch.Tensor,
+    clean: torch.Tensor,
+    alpha_prod: torch.Tensor,
+    optimality: torch.Tensor,
+    beta: float,
+    adv_clip_max: float,
+) -> NFTLoss:
+    """DiffusionNFT's policy loss (Zheng et al. 2025; as in the official code) for an epsilon-prediction DDPM.
+
+    At fixed x_t = sqrt(a) x_0 + sqrt(1 - a) eps the prediction is affine in epsilon, so the paper's velocity
+    form carries over exactly. The implicit positive and negative policies are built from the trained and the
+    old (sampling) prediction:
+
+        eps+ = beta eps_theta + (1 - beta) eps_old,     eps- = (1 + beta) eps_old - beta eps_theta,
+        x0(eps) = (x_t - sqrt(1 - a) eps) / sqrt(a).
+
+    Each is scored by its x_0 error with the official code's adaptive weight (the error's own mean absolute
+    value, not differentiated), and the two are mixed by the optimality r in [0, 1]:
+
+        L = adv_clip_max / beta * mean(r ||x0(eps+) - x_0||^2 / w+ + (1 - r) ||x0(eps-) - x_0||^2 / w-),
+
+    with norms averaged over pixels. High-reward images pull eps_theta towards reproducing them, low-reward
+    ones push it away, both through the old policy, which keeps every step on the forward process.
+    """
+    shape = (-1,) + (1,) * (clean.ndim - 1)
+    alpha = alpha_prod.to(clean.device, torch.float32).view(shape)
+    dims = tuple(range(1, clean.ndim))
+    eps_theta, eps_old = eps_theta.float(), eps_old.float().detach()
+
+    def weighted_error(eps: torch.Tensor) -> torch.Tensor:
+        x0 = (noisy.float() - (1 - alpha).sqrt() * eps) / alpha.sqrt()
+        error = x0 - clean.float()
+        weight = error.detach().abs().mean(dim=dims, keepdim=True).clamp(min=1e-5)
+        return (error**2 / weight).mean(dim=dims)
+
+    positive = weighted_error(beta * eps_theta + (1 - beta) * eps_old)
+    negative = weighted_error((1 + beta) * eps_old - beta * eps_theta)
+    r = optimality.to(clean.device, torch.float32)
+    loss = (adv_clip_max * (r * positive + (1 - r) * negative) / beta).mean()
+    return NFTLoss(loss=loss, positive=positive.detach().mean(), negative=negative.detach().mean())
+
+
+def optimality(advantages: torch.Tensor, adv_clip_max: float) -> torch.Tensor:
+    """Advantages clipped to +-adv_clip_max and mapped affinely onto [0, 1] (0.5 = an average image)."""
+    return (advantages.clamp(-adv_clip_max, adv_clip_max) / adv_clip_max / 2 + 0.5).clamp(0, 1)

@@ -137,14 +137,22 @@ def fetch_pipeline_folder(
     *,
     revision: str | None = None,
     token: str | bool | None = None,
+    hub_only: bool = False,
 ) -> Path:
     """Return a local `DDPMPipeline` folder for a bundled name, a local path or a Hub repo id.
 
     Hub repos are fetched with `snapshot_download` (only the files a pipeline needs), so Hub failures
     surface as huggingface_hub's specific exceptions, which we turn into one readable `ModelLoadError`.
+    `hub_only` treats `model` as a Hub repo id and nothing else: no file-system lookup, whatever the text
+    (the Space loads visitors' ids this way).
     """
-    source = resolve_model_path(model)
-    if source != str(model) or is_local_path(source):
+    source = str(model) if hub_only else resolve_model_path(model)
+    if hub_only:
+        try:
+            validate_repo_id(source)
+        except HFValidationError:
+            raise ModelLoadError("That is not a valid Hub repo id (expected 'user/model').") from None
+    elif source != str(model) or is_local_path(source):
         path = Path(source)
         if not path.exists():
             raise ModelLoadError(f"No such model folder: {source!r}.")
@@ -153,7 +161,7 @@ def fetch_pipeline_folder(
                 f"{source!r} is a folder but not a diffusers pipeline: it needs 'unet/config.json' and 'scheduler/'."
             )
         return path
-    if hub_repo_id(source) is None:
+    elif hub_repo_id(source) is None:
         raise ModelLoadError(f"{source!r} is neither an existing folder nor a valid Hub repo id.")
     try:
         folder = snapshot_download(
@@ -185,9 +193,11 @@ def load_unet_and_scheduler_config(
     *,
     revision: str | None = None,
     token: str | bool | None = None,
+    hub_only: bool = False,
 ) -> tuple[UNet2DModel, dict]:
-    """Load the UNet and the scheduler config of a `DDPMPipeline` (bundled name, folder or Hub id)."""
-    folder = fetch_pipeline_folder(model, revision=revision, token=token)
+    """Load the UNet and the scheduler config of a `DDPMPipeline` (bundled name, folder or Hub id; see
+    `fetch_pipeline_folder` for `hub_only`)."""
+    folder = fetch_pipeline_folder(model, revision=revision, token=token, hub_only=hub_only)
     try:
         unet = UNet2DModel.from_pretrained(folder, subfolder="unet")
         scheduler_config = DDPMScheduler.load_config(folder, subfolder="scheduler")
@@ -201,15 +211,17 @@ def read_base_model(
     *,
     revision: str | None = None,
     token: str | bool | None = None,
+    hub_only: bool = False,
 ) -> str | None:
     """The `base_model` named in a model card's metadata: what a fine-tuned model is compared with.
 
     Reads `README.md` of a folder or Hub repo; None when there is no card or it names no base model.
-    A card listing several base models (a merge) yields the first.
+    A card listing several base models (a merge) yields the first. `hub_only`: `model` is a Hub repo id,
+    never looked up on the file system.
     """
-    source = resolve_model_path(model)
+    source = str(model) if hub_only else resolve_model_path(model)
     folder = Path(source)
-    if folder.is_dir():
+    if not hub_only and folder.is_dir():
         card_path = folder / "README.md"
         if not card_path.is_file():
             return None

@@ -18,12 +18,15 @@ name or format changes in one place only.
 from __future__ import annotations
 
 import json
+import logging
 import platform
 import re
+import shutil
 from collections.abc import Sequence
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, fields
 from importlib import metadata
 from pathlib import Path
+from typing import Any
 
 import torch
 from diffusers import DDPMPipeline, DDPMScheduler, UNet2DModel
@@ -44,6 +47,50 @@ EVAL_RESULTS_NAME = "eval_results.json"
 EVAL_IMAGES_DIR = "eval_images"
 CARD_NAME = "README.md"
 CARD_IMAGES_DIR = "images"
+PIPELINE_NAMES = ("model_index.json", "unet", "scheduler")
+"""The saved `DDPMPipeline`: diffusers' own layout."""
+
+RUN_MARKERS = (CONFIG_NAME, METRICS_NAME, RUN_INFO_NAME, CHECKPOINTS_DIR, EVAL_RESULTS_NAME, "model_index.json")
+"""Names only a run writes: a folder holding any of them holds a run (samples/, logs/ or README.md alone do not)."""
+RUN_NAMES = (
+    CONFIG_NAME,
+    METRICS_NAME,
+    RUN_INFO_NAME,
+    *PIPELINE_NAMES,
+    SAMPLES_DIR,
+    LOGS_DIR,
+    CHECKPOINTS_DIR,
+    EVAL_RESULTS_NAME,
+    EVAL_IMAGES_DIR,
+    CARD_NAME,
+    CARD_IMAGES_DIR,
+)
+"""Everything a run writes into its folder: what `--overwrite` deletes, and all it deletes."""
+
+OUTPUT_ONLY_FIELDS = frozenset(
+    {
+        "preset",
+        "output_dir",
+        "epochs",
+        "resume",
+        "overwrite",
+        "save_every",
+        "checkpoints_total_limit",
+        "grid_every",
+        "eval_num_images",
+        "eval_schedulers",
+        "eval_num_inference_steps",
+        "push_to_hub",
+        "hub_private",
+        "push_every",
+        "hub_revision",
+    }
+)
+"""`DDPOConfig` fields a resumed run may change: they decide what is saved, evaluated or published, and for how
+many epochs, never what an epoch trains. Every other field (including fields added later) must stay as the run
+was started, or its epochs would not be one run."""
+
+logger = logging.getLogger(__name__)
 
 _CHECKPOINT = re.compile(r"checkpoint_(\d+)")
 _SAMPLE = re.compile(r"epoch_(\d+)\.png")
@@ -105,6 +152,123 @@ def resolve_resume(run_dir: str | Path, resume: str | None) -> Path | None:
     if not is_complete_checkpoint(path):
         raise FileNotFoundError(f"--resume {resume!r} is not a complete checkpoint folder of a ddpo-hub run.")
     return path
+
+
+# --- before a run starts: whose folder is it? --------------------------------------------------------------
+
+
+def check_run_dir(run_dir: str | Path, config: DDPOConfig) -> Path | None:
+    """Refuse, before anything is written, a run that would clobber another or change a resumed run's meaning.
+
+    Returns the checkpoint to resume from (None for a fresh run). Only reads the folder.
+    """
+    run_dir = Path(run_dir)
+    if run_dir.exists() and not run_dir.is_dir():
+        raise RunFolderError(
+            f"--output-dir {str(run_dir)!r} is a file, not a folder: name a new or existing run folder."
+        )
+    if config.resume is None:
+        check_fresh_run_dir(run_dir, config.overwrite)
+        return None
+    checkpoint = resolve_resume(run_dir, config.resume)
+    if checkpoint is not None:
+        check_resume_settings(run_dir, checkpoint, config)
+    return checkpoint
+
+
+def run_markers(run_dir: str | Path) -> list[str]:
+    """The names in `run_dir` that show it holds a run (empty for a new or unrelated folder)."""
+    run_dir = Path(run_dir)
+    return [name for name in RUN_MARKERS if (run_dir / name).exists()] if run_dir.is_dir() else []
+
+
+def check_fresh_run_dir(run_dir: str | Path, overwrite: bool) -> None:
+    """A fresh run may start in a new folder, an unrelated one, or (with `overwrite`) one holding another run."""
+    found = run_markers(run_dir)
+    if found and not overwrite:
+        raise RunFolderError(
+            f"{run_dir} already holds a ddpo-hub run (it has {', '.join(found)}); a fresh run there would overwrite "
+            "it. Continue that run with --resume latest, replace it with --overwrite (deleting its pipeline, "
+            "metrics, grids, logs, checkpoints, evaluation and card), or choose another --output-dir."
+        )
+
+
+def clear_run_dir(run_dir: str | Path) -> list[str]:
+    """Delete an old run's files for `--overwrite`: only the names in `RUN_NAMES`, nothing else in the folder."""
+    run_dir = Path(run_dir)
+    removed = []
+    for name in RUN_NAMES:
+        path = run_dir / name
+        if path.is_dir() and not path.is_symlink():
+            shutil.rmtree(path)
+        elif path.exists() or path.is_symlink():
+            path.unlink()
+        else:
+            continue
+        removed.append(name)
+    return removed
+
+
+def config_changes(saved: dict, config: DDPOConfig) -> list[str]:
+    """`name: old -> new` for each field that alters a run's meaning and differs from the saved config.
+
+    A field an older version did not save had its default then; a saved field this version lacks is ignored.
+    """
+    defaults = DDPOConfig()
+    changes = []
+    for item in fields(DDPOConfig):
+        name = item.name
+        if name in OUTPUT_ONLY_FIELDS:
+            continue
+        old, new = saved.get(name, getattr(defaults, name)), getattr(config, name)
+        if _normalised(old) == _normalised(new):
+            continue
+        if name == "base_model" and _same_folder(old, new):
+            continue
+        changes.append(f"{name}: {_shown(old)} -> {_shown(new)}")
+    return changes
+
+
+def check_resume_settings(run_dir: str | Path, checkpoint: Path, config: DDPOConfig) -> None:
+    """Refuse to resume with settings that change what the run trains, listing each difference."""
+    run_dir = Path(run_dir)
+    # The checkpoint's own run folder made it (`--resume` may name another run's checkpoint).
+    owner = checkpoint.parent.parent if checkpoint.parent.name == CHECKPOINTS_DIR else run_dir
+    path = next((folder / CONFIG_NAME for folder in (owner, run_dir) if (folder / CONFIG_NAME).is_file()), None)
+    if path is None:
+        logger.warning("%s has no %s: the resumed run's settings cannot be checked against it.", owner, CONFIG_NAME)
+        return
+    try:
+        saved = json.loads(path.read_text())
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as error:
+        raise RunFolderError(f"Could not read {path}, the settings of the run to resume: {error}") from None
+    changes = config_changes(saved, config)
+    if changes:
+        raise RunFolderError(
+            f"Resuming from {checkpoint} would change settings that decide what the run trains, so its epochs "
+            f"would not be one run: {'; '.join(changes)}. A resumed run may change only its epochs and its save, "
+            "grid, evaluation and Hub settings. Resume with the run's settings (as in its "
+            f"{CONFIG_NAME}), or start a new run in another --output-dir."
+        )
+
+
+def _normalised(value: Any) -> Any:
+    """JSON round-trips tuples as lists."""
+    return list(value) if isinstance(value, tuple) else value
+
+
+def _same_folder(old: Any, new: Any) -> bool:
+    """The same base model folder, named by two paths (a resume from another working directory)."""
+    if not (isinstance(old, str) and isinstance(new, str)):
+        return False
+    try:
+        return Path(old).expanduser().resolve() == Path(new).expanduser().resolve() and Path(new).is_dir()
+    except OSError:
+        return False
+
+
+def _shown(value: Any) -> str:
+    return repr(value)
 
 
 # --- writing --------------------------------------------------------------------------------------------

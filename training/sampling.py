@@ -84,6 +84,7 @@ class StochasticSampler:
         num_steps: int = 20,
         eta: float = 1.0,
         min_train_std: float = 0.0,
+        max_train_std: float = 1.0,
     ):
         if kind not in ("ddim", "ddpm"):
             raise ValueError(f"Unknown sampler {kind!r}; use 'ddim' or 'ddpm'.")
@@ -109,7 +110,7 @@ class StochasticSampler:
         final = getattr(self.scheduler, "final_alpha_cumprod", None) if kind == "ddim" else None
         self.final_alpha_cumprod = torch.as_tensor(1.0 if final is None else final, dtype=torch.float32)
         self.step_std = self._std(self.timesteps, self.prev_timesteps)
-        self.trainable = self.step_std > max(min_train_std, 0.0)
+        self.trainable = (self.step_std > max(min_train_std, 0.0)) & (self.step_std <= max_train_std)
         self._step_tables: dict[torch.device, _StepTables] = {}
 
     @classmethod
@@ -121,6 +122,7 @@ class StochasticSampler:
             num_steps=config.num_steps,
             eta=config.eta,
             min_train_std=config.min_train_std,
+            max_train_std=config.max_train_std,
         )
 
     def step_tables(self, device: torch.device | str) -> _StepTables:

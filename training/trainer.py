@@ -14,6 +14,7 @@ import copy
 import logging
 import os
 import platform
+import shutil
 import time
 from collections.abc import Callable, Iterator
 from concurrent.futures import Future, ThreadPoolExecutor
@@ -42,10 +43,11 @@ from ddpo_hub.training.run_folder import (
     LOGS_DIR,
     TrainingProgress,
     append_metrics,
+    check_run_dir,
+    clear_run_dir,
     grid_path,
     image_grid,
     mark_checkpoint_complete,
-    resolve_resume,
     save_pipeline,
     truncate_metrics,
     write_config,
@@ -105,6 +107,11 @@ class DDPOTrainer:
         self.config = config
         self.on_epoch_saved = on_epoch_saved
         self.run_dir = Path(config.output_dir)
+        # Every refusal comes before anything is written, the Accelerator and the Hub repo included: a bad
+        # setting, a fresh run into another run's folder, a resume that would change what the run trains.
+        config.validate(accelerator.num_processes if accelerator is not None else _expected_processes())
+        self.checkpoint = check_run_dir(self.run_dir, config)
+        """The checkpoint `train` resumes from; None for a fresh run."""
         if accelerator is None:
             # accelerate keeps one process-wide state; a second run in the same process (a notebook, the
             # publish job, tests) may ask for another precision. The distributed set-up itself is kept.
@@ -133,22 +140,12 @@ class DDPOTrainer:
         source = resolve_model_path(config.base_model)
         self.base_model_path = str(Path(source).resolve()) if Path(source).exists() else source
         self.sampler = StochasticSampler.for_run(self.scheduler_config, config)
-        trainable_steps = int(self.sampler.trainable.sum())
-        if trainable_steps == 0:
-            raise ValueError(
-                f"No step of the {config.num_steps}-step {config.scheduler} sampler has a noise std above "
-                f"--min-train-std {config.min_train_std} (the largest is {self.sampler.step_std.max():.4f}); "
-                "lower it, or raise --eta or --num-steps."
-            )
-        self.num_train_timesteps = max(1, int(config.timestep_fraction * trainable_steps))
+        self.num_train_timesteps = max(1, int(config.timestep_fraction * self._trainable_steps()))
         self.accelerator.gradient_accumulation_steps = config.gradient_accumulation_steps * self.num_train_timesteps
-        # The frozen base: the KL leash's reference and the fidelity metrics' baseline. With LoRA it is the
-        # trained UNet with its adapters disabled, so no second copy of the weights is kept.
-        needs_base = config.kl_coef > 0 or config.fidelity_num_images > 0
+        # The frozen base: the KL leash's reference, the fidelity metrics' baseline and the epoch-0 grid. With
+        # LoRA it is the trained UNet with its adapters disabled, so no second copy of the weights is kept.
         self.base_unet = (
-            copy.deepcopy(unet).requires_grad_(False).eval().to(self.accelerator.device)
-            if needs_base and not config.use_lora
-            else None
+            None if config.use_lora else copy.deepcopy(unet).requires_grad_(False).eval().to(self.accelerator.device)
         )
         self.unet, self.optimizer, self.ema = self._prepare_model(unet)
         self._base_fixed: Rollout | None = None  # the base's fixed-seed samples, drawn once per process start
@@ -199,6 +196,22 @@ class DDPOTrainer:
     def is_main(self) -> bool:
         return self.accelerator.is_main_process
 
+    def _trainable_steps(self) -> int:
+        """Steps each trajectory can be trained on: DDPO needs a stochastic step above `min_train_std`."""
+        config = self.config
+        trainable_steps = int(self.sampler.trainable.sum())
+        if trainable_steps == 0:
+            raise ValueError(
+                f"No step of the {config.num_steps}-step {config.scheduler} sampler has a noise std above "
+                f"--min-train-std {config.min_train_std} and at most --max-train-std {config.max_train_std} (the "
+                f"largest is {self.sampler.step_std.max():.4f}); widen that range, or raise --eta or --num-steps."
+            )
+        return trainable_steps
+
+    def _rollout_unet(self) -> torch.nn.Module:
+        """The policy that samples the epoch's trajectories: DDPO samples on-policy."""
+        return self.accelerator.unwrap_model(self.unet)
+
     @contextmanager
     def _base_model(self) -> Iterator[Callable[..., torch.Tensor]]:
         """The frozen base model's forward (no gradients): a second UNet, or with LoRA the adapters switched off."""
@@ -228,11 +241,13 @@ class DDPOTrainer:
         """Run (or resume) the configured epochs; returns the run folder."""
         config, accelerator = self.config, self.accelerator
         set_seed(config.seed, device_specific=True)
-        checkpoint = resolve_resume(self.run_dir, config.resume)
+        checkpoint = self.checkpoint
         if checkpoint is not None:
             accelerator.load_state(str(checkpoint))
             logger.info("Resumed from %s (epoch %d).", checkpoint, self.progress.epoch)
         if self.is_main:
+            if config.overwrite and checkpoint is None and (removed := clear_run_dir(self.run_dir)):
+                logger.info("--overwrite: deleted the earlier run's %s in %s.", ", ".join(removed), self.run_dir)
             self.run_dir.mkdir(parents=True, exist_ok=True)
             write_config(self.run_dir, config)
             truncate_metrics(self.run_dir, self.progress.epoch)
@@ -244,7 +259,8 @@ class DDPOTrainer:
         excluded = torch.nonzero(~self.sampler.trainable).squeeze(1).tolist()
         logger.info(
             "Training %s for %d epochs: %d samples/epoch, %d-step %s rollouts, %d of %d trainable steps "
-            "trained per sample; not trained (deterministic, or noise std <= --min-train-std %g): %s.",
+            "trained per sample; not trained (deterministic, or noise std <= --min-train-std %g "
+            "or > --max-train-std %g): %s.",
             config.base_model,
             config.epochs,
             config.num_samples,
@@ -253,6 +269,7 @@ class DDPOTrainer:
             self.num_train_timesteps,
             int(self.sampler.trainable.sum()),
             config.min_train_std,
+            config.max_train_std,
             ", ".join(f"{index} (std {self.sampler.step_std[index]:.4f})" for index in excluded) or "none",
         )
         with ThreadPoolExecutor(max_workers=2) as reward_pool:
@@ -311,14 +328,15 @@ class DDPOTrainer:
             append_metrics(self.run_dir, row)
             costs = (
                 f", fixed seeds {row['jpeg_change_vs_base']:+.1%} JPEG at SSIM {row['ssim_to_base']:.2f}, "
-                f"diversity {row['diversity_vs_base']:.2f}, colour spread {row['colour_spread_vs_base']:.2f}, "
-                f"KL to base {row['kl_to_base']:.2e}"
+                f"diversity {row['diversity_vs_base']:.2f}, colour spread {row['colour_spread_vs_base']:.2f}"
+                + (f", KL to base {row['kl_to_base']:.2e}" if "kl_to_base" in row else "")
                 if fidelity
                 else ""
             )
+            step_stats = ", ".join(f"{name} {row[name]:.3g}" for name in self.step_stats)
             tqdm.write(
                 f"epoch {epoch}/{config.epochs}: reward {row['reward_mean']:.4f} ± {row['reward_std']:.4f}, "
-                f"JPEG {row['jpeg_kb_mean']:.3f} kB, kl {row['approx_kl']:.2e}, clipfrac {row['clipfrac']:.3f}"
+                f"JPEG {row['jpeg_kb_mean']:.3f} kB, {step_stats}"
                 f"{costs}, {row['seconds']:.1f}s (sample {seconds_sampling:.1f}, train {seconds_training:.1f})"
             )
         if saving:
@@ -331,7 +349,7 @@ class DDPOTrainer:
         config, accelerator = self.config, self.accelerator
         rank = accelerator.process_index
         num_batches = config.num_samples // (config.sample_batch_size * accelerator.num_processes)
-        unet = accelerator.unwrap_model(self.unet)
+        unet = self._rollout_unet()
         unet.eval()
         rollouts: list[Rollout] = []
         pending: list[Future[RewardOutput]] = []
@@ -360,22 +378,25 @@ class DDPOTrainer:
                 for (_, info), rollout in zip(outputs, rollouts, strict=True)
             ]
         )
-        samples = EpochSamples(
+        return self._epoch_samples(rollouts), rewards, jpeg_bytes, seconds_sampling, seconds_reward
+
+    def _epoch_samples(self, rollouts: list[Rollout]) -> EpochSamples:
+        """What the update needs of the rollouts: DDPO re-scores every recorded step."""
+        return EpochSamples(
             latents=torch.cat([rollout.latents for rollout in rollouts]),
             log_probs=torch.cat([rollout.log_probs for rollout in rollouts]),
             advantages=torch.empty(0),
         )
-        return samples, rewards, jpeg_bytes, seconds_sampling, seconds_reward
 
     # --- the policy update ----------------------------------------------------------------------------
 
     def _train_epoch(self, epoch: int, samples: EpochSamples) -> dict[str, float]:
         config, accelerator = self.config, self.accelerator
         rank, device = accelerator.process_index, accelerator.device
-        trainable = torch.nonzero(self.sampler.trainable).squeeze(1)
+        trainable = self._train_step_candidates()
         num_samples = samples.latents.shape[0]
         num_minibatches = num_samples // config.train_batch_size
-        totals = torch.zeros(4, device=device)  # loss, approx_kl, clipfrac, kl_penalty: synced once per epoch
+        totals = torch.zeros(len(self.step_stats), device=device)  # synced once per epoch
         count = 0
         self._nonfinite_losses.zero_()
         self.unet.train()
@@ -403,8 +424,15 @@ class DDPOTrainer:
                     bar.update()
         bar.close()
         # Every process runs the same number of steps, so the mean of the per-process means is the global mean.
-        loss, approx_kl, clipfrac, kl = accelerator.reduce(totals / max(count, 1), reduction="mean").tolist()
-        return {"loss": loss, "approx_kl": approx_kl, "clipfrac": clipfrac, "kl_penalty": kl}
+        means = accelerator.reduce(totals / max(count, 1), reduction="mean").tolist()
+        return dict(zip(self.step_stats, means, strict=True))
+
+    step_stats = ("loss", "approx_kl", "clipfrac", "kl_penalty")
+    """What `_train_step` returns, averaged over the epoch into metrics.jsonl."""
+
+    def _train_step_candidates(self) -> torch.Tensor:
+        """Step indices a trajectory may be trained on: DDPO's stochastic steps within the std range."""
+        return torch.nonzero(self.sampler.trainable).squeeze(1)
 
     def _train_step(
         self, samples: EpochSamples, rows: torch.Tensor, step_index: torch.Tensor, epoch: int
@@ -427,18 +455,27 @@ class DDPOTrainer:
             if config.kl_coef > 0:
                 kl = gaussian_kl(mean, base_mean, self.sampler.step_tables(mean.device).std[step_index]).mean()
                 loss = loss + config.kl_coef * kl
-            self._nonfinite_losses += (~torch.isfinite(loss.detach())).float()
-            accelerator.backward(loss)
-            if accelerator.sync_gradients:
-                self._check_finite(epoch)
-                accelerator.clip_grad_norm_(self.unet.parameters(), config.max_grad_norm)
-            self.optimizer.step()
-            self.optimizer.zero_grad()
+            self._backward_and_step(loss, epoch)
+        self._after_step()
+        return torch.stack([loss.detach(), policy.approx_kl, policy.clipfrac, kl.detach()])
+
+    def _backward_and_step(self, loss: torch.Tensor, epoch: int) -> None:
+        """Inside `accelerator.accumulate`: back-propagate; on a sync step check, clip and apply the gradients."""
+        accelerator = self.accelerator
+        self._nonfinite_losses += (~torch.isfinite(loss.detach())).float()
+        accelerator.backward(loss)
         if accelerator.sync_gradients:
+            self._check_finite(epoch)
+            accelerator.clip_grad_norm_(self.unet.parameters(), self.config.max_grad_norm)
+        self.optimizer.step()
+        self.optimizer.zero_grad()
+
+    def _after_step(self) -> None:
+        """After an optimizer step: count it and move the EMA weights."""
+        if self.accelerator.sync_gradients:
             self.progress.global_step += 1
             if self.ema is not None:
                 self.ema.step([parameter for parameter in self.unet.parameters() if parameter.requires_grad])
-        return torch.stack([loss.detach(), policy.approx_kl, policy.clipfrac, kl.detach()])
 
     def _check_finite(self, epoch: int) -> None:
         """Stop before a NaN/inf loss reaches the weights; every process stops together.
@@ -453,8 +490,8 @@ class DDPOTrainer:
             last = self.progress.epoch
             where = f"checkpoint_{last} in {self.run_dir / CHECKPOINTS_DIR}" if last else "none: no epoch completed"
             raise TrainingDivergedError(
-                f"The DDPO loss became NaN or infinite during epoch {epoch} ({num_bad} of the steps "
-                "accumulated for one optimizer step); training stopped before applying them. "
+                f"The {self.config.algorithm.upper()} loss became NaN or infinite during epoch {epoch} "
+                f"({num_bad} of the steps accumulated for one optimizer step); training stopped before applying them. "
                 f"The last good checkpoint is {where} (the run folder's pipeline is from epoch {last}). "
                 "Resume with --resume latest and a lower --learning-rate or --mixed-precision no."
             )
@@ -503,12 +540,13 @@ class DDPOTrainer:
         images, base_images = fixed.images[:size], self._base_fixed.images[:size]
         sizes, base_sizes = np.asarray(jpeg_sizes(images)), np.asarray(jpeg_sizes(base_images))
         # Over the trained steps, as the leash sees it: the near-deterministic ones divide by a tiny std.
+        # A deterministic sampler (NFT with eta 0) has no step policies and so no KL: the key is left out.
         kl = fixed.kl_to_reference[:size][:, self.sampler.trainable.to(fixed.kl_to_reference.device)]
         return {
             "fidelity_jpeg_bytes_mean": float(sizes.mean()),
             "jpeg_change_vs_base": float(sizes.mean() / base_sizes.mean() - 1),
             **fidelity_to_base(images, base_images),
-            "kl_to_base": float(kl.mean()),
+            **({"kl_to_base": float(kl.mean())} if kl.numel() else {}),
         }
 
     def _save_grid(self, epoch: int, fixed: Rollout) -> None:
@@ -519,6 +557,11 @@ class DDPOTrainer:
     def _save(self, epoch: int, unet: UNet2DModel | None, fixed: Rollout | None) -> None:
         """Pipeline, grid and run facts first (main process), then the checkpoint that marks the epoch complete."""
         accelerator = self.accelerator
+        stale = self.run_dir / CHECKPOINTS_DIR / f"checkpoint_{epoch}"
+        if self.is_main and stale.exists():
+            # Left by a save that was interrupted, or by the timeline a resume from an earlier checkpoint
+            # replaced: accelerate refuses to save over it. Removed before the barrier every process passes.
+            shutil.rmtree(stale)
         accelerator.wait_for_everyone()
         if self.is_main:
             save_pipeline(unet, self.scheduler_config, self.run_dir)
@@ -544,6 +587,11 @@ class DDPOTrainer:
             "mixed_precision": self.config.mixed_precision,
             "torch_threads": torch.get_num_threads(),
         }
+
+
+def _expected_processes() -> int:
+    """The process count `Accelerator` will find (`accelerate launch` sets WORLD_SIZE), known before creating it."""
+    return max(1, int(os.environ.get("WORLD_SIZE", "1")))
 
 
 def _several_processes_without_gpu() -> bool:
