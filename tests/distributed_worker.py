@@ -9,9 +9,8 @@ from pathlib import Path
 
 import torch
 
-from ddpo_hub.training.cli import parse_config
+from ddpo_hub.training.cli import parse_config, trainer_class
 from ddpo_hub.training.rewards import jpeg_compressibility
-from ddpo_hub.training.trainer import DDPOTrainer
 
 _jpeg = jpeg_compressibility()
 
@@ -25,7 +24,8 @@ def recording_reward(images: torch.Tensor):
 
 
 if __name__ == "__main__":
-    trainer = DDPOTrainer(parse_config(sys.argv[1:]))
+    config = parse_config(sys.argv[1:])
+    trainer = trainer_class(config.algorithm)(config)
     trainer.train()
     weights = trainer.accelerator.unwrap_model(trainer.unet).state_dict()
     torch.save(weights, Path(os.environ["DDPO_TEST_OUT"]) / f"weights_rank{trainer.accelerator.process_index}.pt")

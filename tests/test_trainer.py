@@ -350,7 +350,8 @@ def test_celebahq_preset_runs_one_tiny_epoch_on_the_real_architecture(tmp_path):
     assert DDPMPipeline.from_pretrained(tmp_path / "run").unet.config.sample_size == 256
 
 
-def test_two_processes_gather_rewards_and_end_with_identical_weights(tiny_pipeline_dir, tmp_path):
+@pytest.mark.parametrize("algorithm", ["ddpo", "nft"])
+def test_two_processes_gather_rewards_and_end_with_identical_weights(tiny_pipeline_dir, tmp_path, algorithm):
     out = tmp_path / "out"
     out.mkdir()
     command = [
@@ -359,7 +360,7 @@ def test_two_processes_gather_rewards_and_end_with_identical_weights(tiny_pipeli
         str(REPO / "tests" / "distributed_worker.py"),
         "--base-model", tiny_pipeline_dir, "--output-dir", str(tmp_path / "run"), "--epochs", "2",
         "--num-samples", "8", "--sample-batch-size", "4", "--train-batch-size", "4", "--num-steps", "4",
-        "--grid-size", "2", "--reward", "tests.distributed_worker:recording_reward",
+        "--grid-size", "2", "--reward", "tests.distributed_worker:recording_reward", "--algorithm", algorithm,
     ]  # fmt: skip
     env = {**os.environ, "DDPO_TEST_OUT": str(out), "PYTHONPATH": str(REPO), "OMP_NUM_THREADS": "1"}
     result = subprocess.run(command, cwd=REPO, env=env, capture_output=True, text=True, timeout=600)
