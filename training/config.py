@@ -32,7 +32,7 @@ class DDPOConfig:
 
     # --- run ---
     preset: str | None = None
-    """Named starting point (`tiny` or `celebahq-256`); other settings override it."""
+    """Named starting point (`tiny`, `tiny-nft` or `celebahq-256`); other settings override it."""
     base_model: str = "tiny-textures-32"
     """The pipeline to fine-tune: a bundled model name, a local `DDPMPipeline` folder or a Hub repo id."""
     base_model_revision: str | None = None
@@ -294,6 +294,24 @@ PRESETS: dict[str, dict[str, Any]] = {
         min_train_std=0.2,
         learning_rate=3e-5,
         clip_range=1e-4,
+        grid_every=5,
+        push_every=2,
+    ),
+    # DiffusionNFT on the same base and budget as `tiny`, from benchmarks/frontier.py's `nft-eta1` row: it learns
+    # along the same cut-vs-fidelity curve as DDPO, so `tiny` stays DDPO; eta 0 rollouts lose diversity faster.
+    "tiny-nft": dict(
+        base_model="tiny-textures-32",
+        output_dir="runs/tiny-nft",
+        algorithm="nft",
+        epochs=5,
+        num_steps=40,
+        eta=1.0,
+        num_samples=128,
+        sample_batch_size=32,
+        train_batch_size=32,
+        gradient_accumulation_steps=4,
+        timestep_fraction=0.5,
+        learning_rate=3e-5,
         grid_every=5,
         push_every=2,
     ),
