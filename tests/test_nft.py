@@ -14,8 +14,8 @@ from ddpo_hub.training.cli import trainer_class
 from ddpo_hub.training.config import resolve_config
 from ddpo_hub.training.losses import nft_loss, optimality
 from ddpo_hub.training.nft import NFTTrainer
-from ddpo_hub.training.rewards import jpeg_compressibility
 from ddpo_hub.training.run_folder import latest_checkpoint, read_metrics
+from tests import test_trainer
 
 FAST = dict(
     algorithm="nft",
@@ -29,18 +29,6 @@ FAST = dict(
     grid_size=4,
     fidelity_num_images=4,
 )
-
-
-_calls = {"count": 0}
-_jpeg = jpeg_compressibility()
-
-
-def interrupting_reward(images: torch.Tensor):
-    """The JPEG reward, but the 4th call (epoch 2's second batch) dies like a killed process."""
-    _calls["count"] += 1
-    if _calls["count"] == 4:
-        raise KeyboardInterrupt("simulated kill mid-epoch")
-    return _jpeg(images)[0]
 
 
 def _train(base: str, run_dir: Path, **overrides) -> Path:
@@ -111,10 +99,11 @@ def test_nft_run_saves_stock_pipelines_with_changed_weights_and_fidelity_metrics
 
 def test_interrupted_and_resumed_nft_run_matches_the_uninterrupted_one(nft_run, tiny_pipeline_dir, tmp_path):
     resumed = tmp_path / "resumed"
+    test_trainer._interrupt_calls["count"] = 0  # its reward dies at the 4th call: epoch 2's second batch
     with pytest.raises(KeyboardInterrupt):
-        _train(tiny_pipeline_dir, resumed, reward="tests.test_nft:interrupting_reward")
+        _train(tiny_pipeline_dir, resumed, reward="tests.test_trainer:interrupting_reward")
     assert latest_checkpoint(resumed).name == "checkpoint_1"
-    _train(tiny_pipeline_dir, resumed, reward="tests.test_nft:interrupting_reward", resume="latest")
+    _train(tiny_pipeline_dir, resumed, reward="tests.test_trainer:interrupting_reward", resume="latest")
     expected = load_file(nft_run / "unet" / "diffusion_pytorch_model.safetensors")
     actual = load_file(resumed / "unet" / "diffusion_pytorch_model.safetensors")
     assert all(torch.equal(expected[name], actual[name]) for name in expected)

@@ -297,24 +297,6 @@ PRESETS: dict[str, dict[str, Any]] = {
         grid_every=5,
         push_every=2,
     ),
-    # DiffusionNFT on the same base and budget as `tiny`, from benchmarks/frontier.py's `nft-eta1` row: it learns
-    # along the same cut-vs-fidelity curve as DDPO, so `tiny` stays DDPO; eta 0 rollouts lose diversity faster.
-    "tiny-nft": dict(
-        base_model="tiny-textures-32",
-        output_dir="runs/tiny-nft",
-        algorithm="nft",
-        epochs=5,
-        num_steps=40,
-        eta=1.0,
-        num_samples=128,
-        sample_batch_size=32,
-        train_batch_size=32,
-        gradient_accumulation_steps=4,
-        timestep_fraction=0.5,
-        learning_rate=3e-5,
-        grid_every=5,
-        push_every=2,
-    ),
     # google/ddpm-celebahq-256 as in the DDPO paper and alcazar90/ddpo-celebahq: DDIM 40 steps, eta 1.
     "celebahq-256": dict(
         base_model="google/ddpm-celebahq-256",
@@ -339,6 +321,11 @@ PRESETS: dict[str, dict[str, Any]] = {
         eval_num_images=64,
     ),
 }
+
+
+# DiffusionNFT on the same base and budget as `tiny`, from benchmarks/frontier.py's `nft-eta1` row: it learns
+# along the same cut-vs-fidelity curve as DDPO, so `tiny` stays DDPO (eta 0 rollouts lose diversity faster).
+PRESETS["tiny-nft"] = PRESETS["tiny"] | dict(output_dir="runs/tiny-nft", algorithm="nft", kl_coef=0.0)
 
 
 def _flag(name: str) -> str:
