@@ -26,6 +26,7 @@ from gradio_client import Client
 from gradio_client.exceptions import AppError
 from huggingface_hub import HfApi, ModelCard, ModelCardData, constants, snapshot_download
 from PIL import Image
+from skimage.metrics import structural_similarity
 
 from ddpo_hub.space import deploy
 from ddpo_hub.space.app import ModelCache, build_demo, scrub_paths
@@ -172,6 +173,15 @@ def test_each_scheduler_serves_the_measured_jpegs(client, models, scheduler):
     change = 100 * (1 - np.mean(sizes[models.finetuned]) / np.mean(sizes[models.base]))
     direction = "smaller" if change >= 0 else "larger"
     assert f"{abs(change):.1f}% {direction} than the base model **{models.base}**" in result[2]
+    # What the cut costs, from the same seeds: scikit-image's SSIM of the pictures the pipelines return.
+    pairs = zip(expected[models.finetuned], expected[models.base], strict=True)
+    ssim = np.mean(
+        [
+            structural_similarity(np.asarray(a) / 255, np.asarray(b) / 255, channel_axis=2, data_range=1.0)
+            for a, b in pairs
+        ]
+    )
+    assert f"same-seed SSIM to base {ssim:.2f}" in result[2]
 
 
 def test_revision_and_default_model(client, models):
