@@ -473,3 +473,31 @@ def test_fp16_on_cpu_is_refused_before_anything_is_written(tiny_pipeline_dir, tm
     with pytest.raises(ValueError, match="fp16.*CPU.*bf16"):
         train(_config(tiny_pipeline_dir, run_dir, epochs=1, mixed_precision="fp16"))
     assert not run_dir.exists()
+
+
+def test_a_damaged_checkpoint_is_named_with_the_one_to_resume_from(tiny_pipeline_dir, tmp_path, capsys):
+    run_dir = tmp_path / "run"
+    argv = [*_one_epoch_argv(tiny_pipeline_dir, run_dir), "--epochs", "2"]
+    assert train_main(argv) == 0
+    damaged = run_dir / "checkpoints" / "checkpoint_2"
+    weights = next(damaged.glob("model*.safetensors"))
+    weights.write_bytes(weights.read_bytes()[:100])  # truncated, yet the checkpoint's marker says complete
+    capsys.readouterr()
+    assert train_main([*argv[:-2], "--epochs", "3", "--resume", "latest"]) == 2
+    err = capsys.readouterr().err
+    assert str(damaged) in err and f"--resume {run_dir / 'checkpoints' / 'checkpoint_1'}" in err
+    assert "Traceback" not in err
+    assert train_main([*argv[:-2], "--epochs", "3", "--resume", str(run_dir / "checkpoints" / "checkpoint_1")]) == 0
+    assert [row["epoch"] for row in read_metrics(run_dir)] == [1, 2, 3]
+
+
+def raising_reward(images: torch.Tensor):
+    return 1 / 0
+
+
+def test_a_custom_reward_that_raises_is_named_in_one_line(tiny_pipeline_dir, tmp_path, capsys):
+    argv = [*_one_epoch_argv(tiny_pipeline_dir, tmp_path / "run"), "--reward", "tests.test_trainer:raising_reward"]
+    assert train_main(argv) == 2
+    err = capsys.readouterr().err
+    assert "Custom reward 'tests.test_trainer:raising_reward' raised ZeroDivisionError" in err
+    assert "Traceback" not in err

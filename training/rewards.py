@@ -61,7 +61,12 @@ def load_reward(name: str) -> RewardFn:
         raise ValueError(f"Custom reward {name!r} is not callable.")
 
     def reward(images: torch.Tensor) -> RewardOutput:
-        values = function(images)
+        try:
+            values = function(images)
+        except Exception as error:  # a user's function: one clear line instead of a thread-pool traceback
+            raise ValueError(
+                f"Custom reward {name!r} raised {type(error).__name__} on a batch of {images.shape[0]} images: {error}"
+            ) from error
         if isinstance(values, torch.Tensor):
             values = values.detach().float().cpu().numpy()
         values = np.asarray(values, dtype=np.float64).reshape(-1)

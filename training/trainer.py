@@ -41,12 +41,15 @@ from ddpo_hub.training.rewards import RewardOutput, load_reward
 from ddpo_hub.training.run_folder import (
     CHECKPOINTS_DIR,
     LOGS_DIR,
+    RunFolderError,
     TrainingProgress,
     append_metrics,
     check_run_dir,
+    checkpoint_epoch,
     clear_run_dir,
     grid_path,
     image_grid,
+    is_complete_checkpoint,
     mark_checkpoint_complete,
     save_pipeline,
     truncate_metrics,
@@ -243,7 +246,10 @@ class DDPOTrainer:
         set_seed(config.seed, device_specific=True)
         checkpoint = self.checkpoint
         if checkpoint is not None:
-            accelerator.load_state(str(checkpoint))
+            try:
+                accelerator.load_state(str(checkpoint))
+            except Exception as error:  # a truncated or damaged file: say which checkpoint, and what to do
+                raise RunFolderError(_damaged_checkpoint_message(checkpoint, error)) from error
             logger.info("Resumed from %s (epoch %d).", checkpoint, self.progress.epoch)
         if self.is_main:
             if config.overwrite and checkpoint is None and (removed := clear_run_dir(self.run_dir)):
@@ -592,6 +598,27 @@ class DDPOTrainer:
 def _expected_processes() -> int:
     """The process count `Accelerator` will find (`accelerate launch` sets WORLD_SIZE), known before creating it."""
     return max(1, int(os.environ.get("WORLD_SIZE", "1")))
+
+
+def _damaged_checkpoint_message(checkpoint: Path, error: BaseException) -> str:
+    others = sorted(
+        (
+            path
+            for path in checkpoint.parent.glob("checkpoint_*")
+            if path != checkpoint and is_complete_checkpoint(path)
+        ),
+        key=checkpoint_epoch,
+    )
+    hint = (
+        f"resume from the newest other complete one with --resume {others[-1]}"
+        if others
+        else "no other complete checkpoint is left: start over with --overwrite"
+    )
+    detail = str(error).strip().splitlines()[0] if str(error).strip() else ""
+    return (
+        f"Checkpoint {checkpoint} could not be loaded ({type(error).__name__}{': ' + detail if detail else ''}): "
+        f"one of its files is damaged or truncated. {hint[0].upper()}{hint[1:]}."
+    )
 
 
 def _several_processes_without_gpu() -> bool:
