@@ -1,4 +1,4 @@
-"""The test Hub (tests/hub_server) driven by the real huggingface_hub client, as the project's Hub code will be.
+"""The loopback Hub (ddpo_hub.training.hub_server) driven by the real huggingface_hub client, as our Hub code is.
 
 If one of these fails, the server is no longer faithful to the protocol the client speaks: fix the server, not the
 client call.
