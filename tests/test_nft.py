@@ -17,18 +17,8 @@ from ddpo_hub.training.nft import NFTTrainer
 from ddpo_hub.training.run_folder import latest_checkpoint, read_metrics
 from tests import test_trainer
 
-FAST = dict(
-    algorithm="nft",
-    epochs=2,
-    num_samples=8,
-    sample_batch_size=4,
-    train_batch_size=4,
-    num_steps=4,
-    eta=0.0,
-    learning_rate=1e-4,
-    grid_size=4,
-    fidelity_num_images=4,
-)
+# The DDPO tests' fast settings, with deterministic rollouts in two batches per epoch (the interrupt lands mid-epoch).
+FAST = test_trainer.FAST | dict(algorithm="nft", eta=0.0, sample_batch_size=4, fidelity_num_images=4)
 
 
 def _train(base: str, run_dir: Path, **overrides) -> Path:
