@@ -152,6 +152,7 @@ class DDPOTrainer:
         )
         self.unet, self.optimizer, self.ema = self._prepare_model(unet)
         self._base_fixed: Rollout | None = None  # the base's fixed-seed samples, drawn once per process start
+        self._base_fixed_bytes: np.ndarray | None = None  # and their JPEG sizes, encoded once
         self.progress = TrainingProgress()
         self.tracker = (
             RewardStatTracker(config.stat_tracking_buffer_size, config.stat_tracking_min_count)
@@ -259,6 +260,7 @@ class DDPOTrainer:
             truncate_metrics(self.run_dir, self.progress.epoch)
             with self._base_model() as base:
                 self._base_fixed = self._sample_fixed_set(base)
+            self._base_fixed_bytes = np.asarray(jpeg_sizes(self._base_fixed.images[: config.fidelity_num_images]))
             if not grid_path(self.run_dir, 0).exists():
                 self._save_grid(0, self._base_fixed)
         accelerator.init_trackers("ddpo", config=_scalar_items(config.to_dict()))
@@ -544,7 +546,7 @@ class DDPOTrainer:
         """What this epoch's model costs, on the fixed seeds against the base's images of the same seeds."""
         size = self.config.fidelity_num_images
         images, base_images = fixed.images[:size], self._base_fixed.images[:size]
-        sizes, base_sizes = np.asarray(jpeg_sizes(images)), np.asarray(jpeg_sizes(base_images))
+        sizes, base_sizes = np.asarray(jpeg_sizes(images)), self._base_fixed_bytes
         # Over the trained steps, as the leash sees it: the near-deterministic ones divide by a tiny std.
         # A deterministic sampler (NFT with eta 0) has no step policies and so no KL: the key is left out.
         kl = fixed.kl_to_reference[:size][:, self.sampler.trainable.to(fixed.kl_to_reference.device)]
