@@ -8,7 +8,11 @@ from __future__ import annotations
 
 import hashlib
 import json
+import os
 import re
+import subprocess
+import sys
+import time
 import traceback
 from pathlib import Path
 
@@ -18,7 +22,8 @@ from diffusers import DDPMPipeline
 from huggingface_hub import ModelCard
 
 from ddpo_hub.training.cli import card_main
-from ddpo_hub.training.hub import HubPublisher, PushError, commit_title, epoch_tag, scrub_token
+from ddpo_hub.training.hub import HubPublisher, PushError, Retry, commit_title, epoch_tag, scrub_token
+from ddpo_hub.training.hub_ledger import PushLedger
 from tests.conftest import make_tiny_pipeline
 from tests.run_folder import advance_run, make_run_folder, metrics_row
 
@@ -29,6 +34,9 @@ PIPELINE_FILES = {
     "scheduler/scheduler_config.json",
 }
 CARD_FILES = {"README.md", "images/before_after.png", "images/training_curves.png"}
+LEDGER_NAMES = ("hub_pushes.json", "hub_queue/")
+QUICK = Retry(attempts=3, first_wait=0.01, max_wait=0.01)
+"""Retries as in production, minus the waiting."""
 
 
 def _assert_same_weights(pipeline: DDPMPipeline, reference: DDPMPipeline) -> None:
@@ -39,11 +47,22 @@ def _assert_same_weights(pipeline: DDPMPipeline, reference: DDPMPipeline) -> Non
 
 
 def _tree_digest(folder: Path) -> dict[str, str]:
+    """Every file the run wrote; the push ledger and its staged epochs are the publisher's, not the run's."""
     return {
-        path.relative_to(folder).as_posix(): hashlib.sha256(path.read_bytes()).hexdigest()
+        name: hashlib.sha256(path.read_bytes()).hexdigest()
         for path in sorted(folder.rglob("*"))
-        if path.is_file()
+        if path.is_file() and not (name := path.relative_to(folder).as_posix()).startswith(LEDGER_NAMES)
     }
+
+
+def _assert_each_epoch_tagged_once(hub_server, repo_id: str, seeds: dict[int, int]) -> None:
+    """One commit per epoch, oldest first, each tagged `epoch-N` and holding that epoch's weights (by seed)."""
+    commits = [commit for commit in _new_commits(hub_server, repo_id) if commit.title.startswith("Epoch ")]
+    assert [commit.title.split(":")[0] for commit in commits] == [f"Epoch {epoch}" for epoch in seeds]
+    assert hub_server.repo(repo_id).tags == {epoch_tag(e): c.oid for e, c in zip(seeds, commits, strict=True)}
+    for epoch, seed in seeds.items():
+        pushed = DDPMPipeline.from_pretrained(repo_id, revision=epoch_tag(epoch))
+        _assert_same_weights(pushed, make_tiny_pipeline(seed))
 
 
 def _new_commits(hub_server, repo_id: str, revision: str = "main") -> list:
@@ -116,7 +135,7 @@ def test_push_returns_at_once_and_stages_a_snapshot(hub_server, hub_token, tmp_p
     assert not future.done()
     make_tiny_pipeline(7).save_pretrained(run)  # overwritten before the upload ran
     publisher.wait()
-    assert future.result().oid == hub_server.repo(repo_id).tags["epoch-1"]
+    assert future.result() == hub_server.repo(repo_id).tags["epoch-1"]
     _assert_same_weights(DDPMPipeline.from_pretrained(repo_id), make_tiny_pipeline(0))
 
 
@@ -150,19 +169,65 @@ def test_branch_revision_leaves_main_alone(hub_server, hub_token, tmp_path):
 
 
 @pytest.mark.parametrize(
+    "fault",
+    [
+        lambda server: server.fail_next("commit", 500),
+        lambda server: server.drop_next("commit"),
+        lambda server: server.fail_next("tag", 503),
+        lambda server: server.drop_next("tag"),
+        lambda server: server.fail_next("create_repo", 503),
+        lambda server: server.drop_next("create_repo"),
+        lambda server: server.drop_next("commit", after_processing=True),
+        lambda server: server.drop_next("tag", after_processing=True),
+    ],
+    ids=[
+        "commit-500", "commit-dropped", "tag-503", "tag-dropped", "create-repo-503", "create-repo-dropped",
+        "commit-landed-answer-lost", "tag-landed-answer-lost",
+    ],
+)  # fmt: skip
+def test_transient_failures_are_retried_and_each_epoch_tagged_once(hub_server, hub_token, tmp_path, fault):
+    repo_id = hub_server.unique_repo_id("ddpo-retry")
+    run = make_run_folder(tmp_path / "run", epochs=1, seed=0)
+    fault(hub_server)
+    with HubPublisher(repo_id, token=hub_token, retry=QUICK) as publisher:
+        publisher.push_epoch(run, 1)
+        advance_run(run, 2, seed=1)
+        publisher.push_epoch(run, 2)
+    _assert_each_epoch_tagged_once(hub_server, repo_id, {1: 0, 2: 1})
+    assert not (run / "hub_queue").exists() or not any((run / "hub_queue").iterdir()), "staged copies are removed"
+    ledger = PushLedger(run)
+    assert [(e.epoch, e.state, e.commit) for e in ledger.entries] == [
+        (epoch, "tagged", hub_server.repo(repo_id).tags[epoch_tag(epoch)]) for epoch in (1, 2)
+    ]
+
+
+def test_commit_landed_without_answer_is_tagged_not_committed_again(hub_server, hub_token, tmp_path):
+    repo_id = hub_server.unique_repo_id("ddpo-lost-answer")
+    run = make_run_folder(tmp_path / "run", epochs=1, seed=0)
+    publisher = HubPublisher(repo_id, token=hub_token, retry=QUICK)
+    hub_server.drop_next("commit", after_processing=True)
+    publisher.push_epoch(run, 1)
+    publisher.wait()
+    assert hub_server.calls("commit") == 1, "the landed commit was found by its marker, not sent twice"
+    _assert_each_epoch_tagged_once(hub_server, repo_id, {1: 0})
+
+
+@pytest.mark.parametrize(
     ("fault", "expected"),
     [
-        (lambda server: server.fail_next("commit", 500), "HTTP 500"),
-        (lambda server: server.drop_next("commit"), "connection to the Hub failed"),
+        (lambda server: server.fail_next("commit", 500, times=3), "HTTP 500"),
+        (lambda server: server.drop_next("commit", times=3), "connection to the Hub failed"),
+        (lambda server: server.fail_next("tag", 502, times=3), "HTTP 502"),
+        (lambda server: server.fail_next("lfs", 403, message="Upload refused"), "HTTP 403: Upload refused"),
         (lambda server: server.fail_next("commit", 401, message=f"bad token {server.token}"), "HTTP 401"),
     ],
-    ids=["server-error", "dropped-connection", "unauthorized"],
+    ids=["server-error", "dropped-connection", "tag-bad-gateway", "lfs-forbidden", "unauthorized"],
 )
 def test_failed_push_is_clear_tokenless_and_published_later(hub_server, hub_token, tmp_path, fault, expected, capsys):
     repo_id = hub_server.unique_repo_id("ddpo-fail")
     run = make_run_folder(tmp_path / "run", epochs=1)
     before = _tree_digest(run)
-    publisher = HubPublisher(repo_id, token=hub_token)
+    publisher = HubPublisher(repo_id, token=hub_token, retry=QUICK)
     fault(hub_server)
     publisher.push_epoch(run, 1)
     with pytest.raises(PushError) as raised:
@@ -177,10 +242,89 @@ def test_failed_push_is_clear_tokenless_and_published_later(hub_server, hub_toke
     assert raised.value.epochs == [1]
     assert _tree_digest(run) == before
     assert publisher.pushed_epochs() == set()
+    if expected == "HTTP 401":
+        assert hub_server.calls("commit") == 1, "a permanent failure is not retried"
 
     assert card_main([str(run), "--push-to-hub", repo_id]) == 0  # the hint works
-    assert hub_server.repo(repo_id).tags.keys() == {"epoch-1"}
-    _assert_same_weights(DDPMPipeline.from_pretrained(repo_id), make_tiny_pipeline(0))
+    _assert_each_epoch_tagged_once(hub_server, repo_id, {1: 0})
+
+
+def test_every_missing_epoch_is_pushed_later_oldest_first_with_its_own_weights(hub_server, hub_token, tmp_path):
+    repo_id = hub_server.unique_repo_id("ddpo-backlog")
+    run = make_run_folder(tmp_path / "run", epochs=1, seed=0)
+    publisher = HubPublisher(repo_id, token=hub_token, retry=QUICK)
+    hub_server.fail_next("commit", 503, times=2 * QUICK.attempts)  # the Hub is down for both epochs
+    publisher.push_epoch(run, 1)
+    advance_run(run, 2, seed=1)
+    publisher.push_epoch(run, 2)
+    with pytest.raises(PushError) as raised:
+        publisher.wait()
+    assert raised.value.epochs == [1, 2]
+    advance_run(run, 3, seed=2)  # the run went on; epochs 1 and 2 are still staged with their own weights
+
+    resumed = HubPublisher(repo_id, token=hub_token, retry=QUICK)
+    assert len(resumed.push_pending(run)) == 2
+    resumed.push_epoch(run, 3)
+    resumed.wait()
+    _assert_each_epoch_tagged_once(hub_server, repo_id, {1: 0, 2: 1, 3: 2})
+    assert resumed.push_pending(run) == [], "nothing is left to push"
+
+
+@pytest.mark.parametrize("request_kind", ["preupload", "tag"])
+def test_kill_during_upload_then_card_push_publishes_the_epoch_once(hub_server, hub_token, tmp_path, request_kind):
+    """kill -9 while the upload (nothing landed yet) or the tag (the commit landed) is on the wire."""
+    repo_id = hub_server.unique_repo_id("ddpo-killed")
+    run = make_run_folder(tmp_path / "run", epochs=1, seed=0)
+    hub_server.set_latency(30, request_kind)
+    script = (
+        "import sys; from ddpo_hub.training.hub import HubPublisher\n"
+        "HubPublisher(sys.argv[1]).push_epoch(sys.argv[2], 1).result()\n"
+    )
+    child = subprocess.Popen(
+        [sys.executable, "-c", script, repo_id, str(run)], env=os.environ | {"HF_TOKEN": hub_token}
+    )
+    try:
+        deadline = time.monotonic() + 120
+        while hub_server.calls(request_kind) == 0:  # the request is on the wire: kill -9 now
+            assert child.poll() is None and time.monotonic() < deadline, f"the push never sent a {request_kind}"
+            time.sleep(0.02)
+    finally:
+        child.kill()
+        child.wait()
+    hub_server.reset_faults()
+    landed = _new_commits(hub_server, repo_id)
+    assert len(landed) == (1 if request_kind == "tag" else 0)
+    assert hub_server.repo(repo_id).tags == {}
+    assert [entry.state for entry in PushLedger(run).entries] == ["committed" if landed else "staged"]
+
+    (run / "hub_queue" / "leftover.partial").mkdir()  # a staging copy cut short by the kill
+    assert card_main([str(run), "--push-to-hub", repo_id]) == 0
+    # The epoch's commit unless it had landed; the card it then re-renders is unchanged, so no commit for it.
+    assert hub_server.calls("commit") == 1 - len(landed)
+    _assert_each_epoch_tagged_once(hub_server, repo_id, {1: 0})
+    assert list((run / "hub_queue").iterdir()) == [], "staged and stale copies are cleaned up"
+
+
+def test_commit_whose_answer_never_came_is_found_by_the_next_process(hub_server, hub_token, tmp_path):
+    repo_id = hub_server.unique_repo_id("ddpo-lost-then-exit")
+    run = make_run_folder(tmp_path / "run", epochs=1, seed=0)
+    publisher = HubPublisher(repo_id, token=hub_token, retry=Retry(attempts=1))
+    hub_server.drop_next("commit", after_processing=True)
+    publisher.push_epoch(run, 1)
+    with pytest.raises(PushError, match="connection to the Hub failed"):
+        publisher.wait()
+    assert len(_new_commits(hub_server, repo_id)) == 1 and hub_server.repo(repo_id).tags == {}
+
+    hub_server.reset_faults()
+    assert card_main([str(run), "--push-to-hub", repo_id]) == 0
+    assert hub_server.calls("commit") == 0, "found by its marker and tagged, not committed again"
+    _assert_each_epoch_tagged_once(hub_server, repo_id, {1: 0})
+
+
+def test_bad_repo_id_fails_before_any_request(hub_server, hub_token):
+    with pytest.raises(PushError, match="not a Hub repo id"):
+        HubPublisher("tester/bad name!", token=hub_token)
+    assert hub_server.calls("create_repo") == 0
 
 
 def test_wrong_token_fails_early_without_showing_it(hub_server, tmp_path):

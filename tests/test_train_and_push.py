@@ -3,12 +3,18 @@
 from __future__ import annotations
 
 import json
+import os
+import subprocess
+import sys
+import time
 
 import torch
 from diffusers import DDPMPipeline
 from huggingface_hub import HfApi, ModelCard
+from safetensors.torch import load_file
 
 from ddpo_hub.training.cli import train_main
+from ddpo_hub.training.hub_ledger import PushLedger
 
 TRAINING_STATE = ("checkpoints/", "logs/", "optimizer", "random_states", "metrics.jsonl", "ddpo_config.json")
 
@@ -51,3 +57,45 @@ def test_training_pushes_each_epoch_as_one_tagged_commit_with_its_card(
         for statistic in ("mean", "median"):
             assert reported[key, f"jpeg_bytes_{statistic}"] == round(entry["model"][statistic], 1)
         assert f"{entry['model']['mean']:,.1f}" in card.text  # the card's table shows one decimal
+
+
+def test_run_killed_while_pushing_publishes_every_epoch_when_resumed(
+    hub_server, hub_token, tiny_pipeline_dir, tmp_path
+):
+    """kill -9 while epoch 1 uploads and epoch 2 waits behind it; `--resume latest` publishes both, each once."""
+    repo_id = hub_server.unique_repo_id("ddpo-killed-run")
+    run_dir = tmp_path / "run"
+    argv = [
+        "--base-model", tiny_pipeline_dir, "--output-dir", str(run_dir), "--epochs", "2", "--num-samples", "8",
+        "--sample-batch-size", "8", "--train-batch-size", "4", "--num-steps", "4", "--grid-size", "4",
+        "--push-to-hub", repo_id, "--push-every", "1", "--eval-num-images", "0",
+    ]  # fmt: skip
+    hub_server.set_latency(60, "preupload")
+    child = subprocess.Popen(
+        [sys.executable, "-m", "ddpo_hub.training", *argv], env=os.environ | {"HF_TOKEN": hub_token}
+    )
+    try:
+        deadline = time.monotonic() + 240
+        while len(PushLedger(run_dir).entries) < 2:  # both epochs staged, the first one stuck in its upload
+            assert child.poll() is None and time.monotonic() < deadline, "the run ended before it was killed"
+            time.sleep(0.1)
+    finally:
+        child.kill()
+        child.wait()
+    hub_server.reset_faults()
+    assert HfApi().list_repo_refs(repo_id).tags == []
+
+    assert train_main([*argv, "--resume", "latest"]) == 0
+    api = HfApi()
+    commits = api.list_repo_commits(repo_id)
+    assert [commit.title.split(":")[0] for commit in commits[:-1]] == ["Epoch 2", "Epoch 1"]
+    tags = {ref.name: ref.target_commit for ref in api.list_repo_refs(repo_id).tags}
+    assert tags == {"epoch-1": commits[1].commit_id, "epoch-2": commits[0].commit_id}
+    for epoch, expected in (
+        (1, load_file(run_dir / "checkpoints" / "checkpoint_1" / "model.safetensors")),
+        (2, load_file(run_dir / "unet" / "diffusion_pytorch_model.safetensors")),
+    ):
+        pushed = DDPMPipeline.from_pretrained(repo_id, revision=f"epoch-{epoch}").unet.state_dict()
+        assert pushed.keys() == expected.keys()
+        assert all(torch.equal(pushed[name], expected[name]) for name in expected), f"epoch {epoch}'s own weights"
+    assert not any((run_dir / "hub_queue").iterdir())

@@ -95,6 +95,7 @@ def run_training(config: DDPOConfig) -> Path:
         check_eval_settings(config)
     if config.push_to_hub and trainer.is_main:  # before training: a bad repo or token fails fast
         from ddpo_hub.training.hub import HubPublisher
+        from ddpo_hub.training.run_folder import checkpoint_epoch
 
         publisher = HubPublisher(
             config.push_to_hub,
@@ -102,6 +103,8 @@ def run_training(config: DDPOConfig) -> Path:
             revision=config.hub_revision,
             replace_earlier_run=trainer.checkpoint is None,
         )
+        if trainer.checkpoint is not None:  # epochs an earlier process staged but never published go first
+            publisher.push_pending(trainer.run_dir, up_to=checkpoint_epoch(trainer.checkpoint))
     try:
         run_dir = trainer.train()
         finished = trainer.progress.epoch == config.epochs
@@ -178,8 +181,10 @@ def card_main(argv: Sequence[str] | None = None) -> int:
     if args.push_to_hub:
         try:
             with HubPublisher(args.push_to_hub, private=args.hub_private, revision=args.hub_revision) as publisher:
+                publisher.push_pending(args.run_dir)  # every epoch that failed or was cut short, oldest first
+                publisher.wait()
                 publisher.push_latest(args.run_dir)
-        except PushError as error:
+        except (PushError, ValueError) as error:
             print(f"ddpo-card: error: {error}", file=sys.stderr)
             return 1
         print(f"Pushed to {args.push_to_hub}" + (f" (branch {args.hub_revision})" if args.hub_revision else ""))

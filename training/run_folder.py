@@ -10,6 +10,8 @@ output_dir/
   checkpoints/checkpoint_<epoch>/       accelerate state (weights, optimizer, RNG, progress) + our marker
   eval_results.json, eval_images/       ddpo-eval: base vs fine-tuned per scheduler
   README.md, images/                    the model card
+  hub_pushes.json, hub_queue/           the push ledger and the epochs staged for the Hub (training/hub_ledger.py)
+  config_history.jsonl                  output-only settings a resume changed, with the epoch they took effect
 
 The trainer writes it, and evaluation, the card and the Hub code read it through `load_run`, so a file
 name or format changes in one place only.
@@ -47,6 +49,9 @@ EVAL_RESULTS_NAME = "eval_results.json"
 EVAL_IMAGES_DIR = "eval_images"
 CARD_NAME = "README.md"
 CARD_IMAGES_DIR = "images"
+PUSH_LEDGER_NAME = "hub_pushes.json"
+PUSH_QUEUE_DIR = "hub_queue"
+CONFIG_HISTORY_NAME = "config_history.jsonl"
 PIPELINE_NAMES = ("model_index.json", "unet", "scheduler")
 """The saved `DDPMPipeline`: diffusers' own layout."""
 
@@ -64,6 +69,9 @@ RUN_NAMES = (
     EVAL_IMAGES_DIR,
     CARD_NAME,
     CARD_IMAGES_DIR,
+    PUSH_LEDGER_NAME,
+    PUSH_QUEUE_DIR,
+    CONFIG_HISTORY_NAME,
 )
 """Everything a run writes into its folder: what `--overwrite` deletes, and all it deletes."""
 
@@ -189,7 +197,8 @@ def check_fresh_run_dir(run_dir: str | Path, overwrite: bool) -> None:
         raise RunFolderError(
             f"{run_dir} already holds a ddpo-hub run (it has {', '.join(found)}); a fresh run there would overwrite "
             "it. Continue that run with --resume latest, replace it with --overwrite (deleting its pipeline, "
-            "metrics, grids, logs, checkpoints, evaluation and card), or choose another --output-dir."
+            "metrics, grids, logs, checkpoints, evaluation, card and unpublished Hub pushes), or choose another "
+            "--output-dir."
         )
 
 

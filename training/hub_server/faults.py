@@ -120,9 +120,9 @@ class FaultMiddleware:
         if scope["type"] != "http":
             return await self.app(scope, receive, send)
         kind = classify(scope["method"], scope["path"])
+        fault = self.faults.take(kind)  # counted on arrival: a test sees a slowed request while it waits
         if delay := self.faults.delay(kind):
             await asyncio.sleep(delay)
-        fault = self.faults.take(kind)
         if fault is None:
             await self.app(scope, receive, send)
         elif fault.status is not None:
