@@ -375,6 +375,16 @@ def _render(run: Run, *, repo_id: str | None, evaluation: dict | None, license: 
         "hardware": _hardware(run.info),
         "wall_time": _wall_time(run.info.get("wall_time_seconds")),
         "hyperparameters": [(key, _public_value(key, value)) for key, value in run.config.items()],
+        "setting_changes": [
+            {
+                "epoch": row["from_epoch"],
+                "changes": "; ".join(
+                    f"`{key}` {_public_value(key, old)} → {_public_value(key, new)}"
+                    for key, (old, new) in row["changes"].items()
+                ),
+            }
+            for row in run.config_history
+        ],
         "versions": list((run.info.get("versions") or {}).items()),
     }
     environment = jinja2.Environment(undefined=jinja2.StrictUndefined, keep_trailing_newline=True, autoescape=False)

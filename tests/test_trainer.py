@@ -245,6 +245,11 @@ def test_resume_refuses_settings_that_change_the_run_and_accepts_more_epochs(tin
     assert latest_checkpoint(run_dir).name == "checkpoint_2"
     assert [row["epoch"] for row in read_metrics(run_dir)] == [1, 2]
     assert json.loads((run_dir / "ddpo_config.json").read_text())["epochs"] == 2
+    history = [json.loads(line) for line in (run_dir / "config_history.jsonl").read_text().splitlines()]
+    assert history == [{"from_epoch": 2, "changes": {"epochs": [1, 2]}}], "the change, from the epoch it applied"
+    from ddpo_hub.model_card.render import write_card
+
+    assert "- from epoch 2: `epochs` `1` → `2`" in write_card(run_dir, run_dir).read_text()
 
 
 def test_resume_treats_settings_an_older_version_did_not_save_as_their_defaults(finished_run):

@@ -283,11 +283,38 @@ def _shown(value: Any) -> str:
 # --- writing --------------------------------------------------------------------------------------------
 
 
-def write_config(run_dir: str | Path, config: DDPOConfig) -> Path:
+def write_config(run_dir: str | Path, config: DDPOConfig, *, resumed_after: int | None = None) -> Path:
+    """Save the run's config. On a resume (`resumed_after`: the checkpoint's epoch), first record in
+    `config_history.jsonl` the output-only settings that changed, with the first epoch they apply to, so the
+    card can say which epochs ran under which save, evaluation and Hub settings."""
     path = Path(run_dir) / CONFIG_NAME
     path.parent.mkdir(parents=True, exist_ok=True)
+    if resumed_after is not None and path.is_file():
+        changes = output_setting_changes(json.loads(path.read_text()), config)
+        if changes:
+            row = {"from_epoch": resumed_after + 1, "changes": changes}
+            with open(path.parent / CONFIG_HISTORY_NAME, "a") as file:
+                file.write(json.dumps(row) + "\n")
     path.write_text(json.dumps(config.to_dict(), indent=2) + "\n")
     return path
+
+
+def output_setting_changes(saved: dict, config: DDPOConfig) -> dict[str, list]:
+    """`{name: [old, new]}` for the output-only settings a resume changed (not the command's own modes)."""
+    current = config.to_dict()
+    return {
+        name: [saved.get(name), current[name]]
+        for name in sorted(OUTPUT_ONLY_FIELDS - {"resume", "overwrite", "output_dir"})
+        if name in current and _normalised(saved.get(name)) != _normalised(current[name])
+    }
+
+
+def read_config_history(run_dir: str | Path) -> list[dict]:
+    """Rows of `config_history.jsonl`: `{"from_epoch": N, "changes": {name: [old, new]}}`, oldest first."""
+    path = Path(run_dir) / CONFIG_HISTORY_NAME
+    if not path.is_file():
+        return []
+    return [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
 
 
 def read_config(run_dir: str | Path) -> DDPOConfig:
@@ -383,6 +410,8 @@ class Run:
     """`samples/epoch_XXXX.png` files as (completed epochs, path), oldest first."""
     eval_results: dict | None
     """`eval_results.json` when the run was evaluated."""
+    config_history: list[dict]
+    """Output-only settings changed by resumes, with the epoch they took effect (`read_config_history`)."""
 
     @property
     def epochs_completed(self) -> int:
@@ -417,6 +446,7 @@ def load_run(run_dir: str | Path) -> Run:
         metrics=read_metrics(run_dir),
         samples=samples,
         eval_results=_read_json(run_dir / EVAL_RESULTS_NAME),
+        config_history=read_config_history(run_dir),
     )
 
 

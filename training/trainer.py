@@ -256,7 +256,7 @@ class DDPOTrainer:
             if config.overwrite and checkpoint is None and (removed := clear_run_dir(self.run_dir)):
                 logger.info("--overwrite: deleted the earlier run's %s in %s.", ", ".join(removed), self.run_dir)
             self.run_dir.mkdir(parents=True, exist_ok=True)
-            write_config(self.run_dir, config)
+            write_config(self.run_dir, config, resumed_after=self.progress.epoch if checkpoint is not None else None)
             truncate_metrics(self.run_dir, self.progress.epoch)
             with self._base_model() as base:
                 self._base_fixed = self._sample_fixed_set(base)
