@@ -123,8 +123,8 @@ def run_training(config: DDPOConfig) -> Path:
             from ddpo_hub.model_card.render import write_card
 
             write_card(run_dir, run_dir, repo_id=config.push_to_hub)
-        if finished and publisher is not None:
-            publisher.push_epoch(run_dir, config.epochs)
+        if finished and publisher is not None:  # the last epoch, or (already pushed) the card with the evaluation
+            publisher.push_latest(run_dir)
     finally:
         if publisher is not None:
             publisher.wait()  # uploads run in the background; a failure raises PushError here

@@ -292,9 +292,10 @@ class HubPublisher:
         return self._submit(commit_card, what="the model card", epoch=None, run_dir=run_dir)
 
     def push_latest(self, run_dir: Path) -> Future:
-        """Publish the run's latest state: its last epoch if that was never pushed (e.g. it failed), else the card."""
+        """Publish the run's latest state: its last epoch if that was never pushed or queued, else the card (after
+        the queued pushes: uploads run in order), so the Hub ends with the card as the run folder has it now."""
         epoch = load_run(run_dir).epochs_completed
-        if epoch and epoch not in self.pushed_epochs():
+        if epoch and epoch not in self.pushed_epochs() and epoch not in self._queued():
             return self.push_epoch(run_dir, epoch)
         return self.push_card(run_dir)
 
