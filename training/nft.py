@@ -19,6 +19,7 @@ import copy
 import torch
 
 from ddpo_hub.training.losses import nft_loss, optimality
+from ddpo_hub.training.performance import compile_policy
 from ddpo_hub.training.sampling import Rollout
 from ddpo_hub.training.trainer import DDPOTrainer, EpochSamples, _generator
 
@@ -34,7 +35,10 @@ class NFTTrainer(DDPOTrainer):
     def __init__(self, *args, **kwargs):
         super().__init__(*args, **kwargs)
         unet = self.accelerator.unwrap_model(self.unet)
-        self.old_unet = copy.deepcopy(unet).requires_grad_(False).eval()
+        self.old_unet = copy.deepcopy(unet).requires_grad_(False).eval()  # a deep copy runs eager
+        if self.compiled:
+            # Its own graph (eval, no gradients): it samples and scores eps_old at the training batch size alike.
+            compile_policy(self.old_unet, self.accelerator.device)
         self.accelerator.register_for_checkpointing(self.old_unet)
         self._steps_this_epoch = 0
 
