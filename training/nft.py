@@ -20,7 +20,7 @@ import torch
 
 from ddpo_hub.training.losses import nft_loss, optimality
 from ddpo_hub.training.performance import compile_policy
-from ddpo_hub.training.sampling import Rollout
+from ddpo_hub.training.sampling import Rollout, draw_normal
 from ddpo_hub.training.trainer import DDPOTrainer, EpochSamples, _generator
 
 FORWARD_NOISE = 100
@@ -79,7 +79,7 @@ class NFTTrainer(DDPOTrainer):
         clean = samples.latents[rows, -1]
         generator = _generator(config.seed, FORWARD_NOISE, epoch, accelerator.process_index, self._steps_this_epoch)
         self._steps_this_epoch += 1
-        noise = torch.randn(clean.shape, generator=generator).to(clean.device)
+        noise = draw_normal(clean.shape, generator, clean.device)
         tables = self.sampler.step_tables(clean.device)
         step_index = step_index.to(clean.device)
         timesteps, alpha = tables.timesteps[step_index], tables.alpha_prod[step_index]

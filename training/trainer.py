@@ -57,7 +57,7 @@ from ddpo_hub.training.run_folder import (
     write_config,
     write_run_info,
 )
-from ddpo_hub.training.sampling import Rollout, StochasticSampler
+from ddpo_hub.training.sampling import Rollout, StochasticSampler, draw_normal
 
 logger = logging.getLogger(__name__)
 
@@ -381,8 +381,7 @@ class DDPOTrainer:
         started = time.perf_counter()
         for batch in tqdm(range(num_batches), desc=f"epoch {epoch} sampling", disable=not self.is_main, leave=False):
             noise_generator = _generator(config.seed, NOISE, epoch, rank, batch)
-            noise = torch.randn((config.sample_batch_size, *self.sample_shape), generator=noise_generator)
-            noise = noise.to(accelerator.device)
+            noise = draw_normal((config.sample_batch_size, *self.sample_shape), noise_generator, accelerator.device)
             rollout = self.sampler.rollout(
                 unet,
                 noise,
@@ -391,7 +390,11 @@ class DDPOTrainer:
                 forward_batch_size=config.train_batch_size,
             )
             rollouts.append(rollout)
-            pending.append(reward_pool.submit(self.reward_fn, rollout.images.cpu()))
+            pending.append(reward_pool.submit(_reward_when_copied, self.reward_fn, *_copy_to_host(rollout.images)))
+        if accelerator.device.type == "cuda":
+            torch.cuda.synchronize(
+                accelerator.device
+            )  # once per epoch: the seconds count the GPU's work, not its queue
         seconds_sampling = time.perf_counter() - started
         waited = time.perf_counter()
         outputs = [future.result() for future in pending]
@@ -651,6 +654,29 @@ def _several_processes_without_gpu() -> bool:
 def _spatial_size(unet: UNet2DModel) -> tuple[int, int]:
     size = unet.config.sample_size
     return (size, size) if isinstance(size, int) else tuple(size)
+
+
+def _copy_to_host(tensor: torch.Tensor) -> tuple[torch.Tensor, torch.cuda.Event | None]:
+    """Start copying a GPU tensor to pinned host memory; returns the copy and the event that marks it done.
+
+    `.cpu()` would make the host wait for the GPU to finish the batch before queueing the next one's kernels.
+    """
+    if tensor.device.type != "cuda":
+        return tensor.cpu(), None
+    host = torch.empty(tensor.shape, dtype=tensor.dtype, pin_memory=True)
+    host.copy_(tensor, non_blocking=True)
+    copied = torch.cuda.Event()
+    copied.record()
+    return host, copied
+
+
+def _reward_when_copied(
+    reward_fn: Callable[[torch.Tensor], RewardOutput], images: torch.Tensor, copied: torch.cuda.Event | None
+) -> RewardOutput:
+    """In the reward thread: wait for the images' copy to the host (`_copy_to_host`), then reward them."""
+    if copied is not None:
+        copied.synchronize()
+    return reward_fn(images)
 
 
 def _jpeg_bytes(rollout: Rollout) -> np.ndarray:
