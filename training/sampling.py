@@ -213,10 +213,15 @@ class StochasticSampler:
         step_index: torch.Tensor,
         autocast: Callable[[], AbstractContextManager] = nullcontext,
     ) -> torch.Tensor:
-        """Run the UNet (inside a fresh `autocast()` context) and turn its output into the step's float32 mean."""
+        """Run the UNet (inside a fresh `autocast()` context) and turn its output into the step's float32 mean.
+
+        The UNet gets a contiguous sample (a no-op for the sampler's and trainer's own batches): a compiled graph
+        is specialised to its inputs' strides, so a strided view, e.g. `rollout.latents[:, index]`, would compile
+        another graph.
+        """
         step_index = step_index.to(sample.device)
         with autocast():
-            model_output = unet(sample, self.step_tables(sample.device).timesteps[step_index]).sample
+            model_output = unet(sample.contiguous(), self.step_tables(sample.device).timesteps[step_index]).sample
         return self.step_mean(model_output, sample, step_index)
 
     def score_step(
