@@ -60,7 +60,7 @@ PEAK_BF16_TFLOPS = (
     ("A100", 312.0),
     ("L40S", 362.0),
     ("L4", 121.0),
-    ("A10G", 125.0),  # AWS's A10 variant; NVIDIA publishes no datasheet of its own, so the A10's figure
+    ("A10G", 125.0),  # AWS's A10 variant: NVIDIA publishes no datasheet of its own, so the A10's figure is used
     ("A10", 125.0),
 )
 
@@ -244,7 +244,9 @@ def measure(config: DDPOConfig, flops: tuple[float, float]) -> dict[str, Any]:
     return figures
 
 
-def new_settings(batch: int, effective_batch: int, sample_batch: int, compile_: bool = True) -> dict[str, Any]:
+def new_settings(
+    batch: int, effective_batch: int, sample_batch: int, *, compile_: bool, channels_last: bool
+) -> dict[str, Any]:
     """UNet batch `batch` with the accumulation that keeps `effective_batch` samples per update; fast settings on.
 
     Above `effective_batch` one minibatch is already more than an update's samples: accumulation 1.
@@ -254,7 +256,7 @@ def new_settings(batch: int, effective_batch: int, sample_batch: int, compile_: 
         train_batch_size=batch,
         sample_batch_size=max(batch, sample_batch),
         gradient_accumulation_steps=accumulation,
-        channels_last=True,
+        channels_last=channels_last,
         tf32=True,
         compile=compile_,
     )
@@ -309,6 +311,12 @@ def main() -> None:
     parser.add_argument("--sweep", type=int, nargs="*", default=[], help="UNet batches to measure first (eager)")
     parser.add_argument("--no-compare", action="store_true", help="only the sweep, not old vs new")
     parser.add_argument(
+        "--channels-last",
+        action=argparse.BooleanOptionalAction,
+        default=True,
+        help="channels_last in the sweep and the new column (--no-channels-last: to see what it adds)",
+    )
+    parser.add_argument(
         "--smoke", action="store_true", help="the bundled 32x32 model, 6 steps, 8 samples, fp32: runs on a CPU"
     )
     parser.add_argument("--output", type=Path, help="also write the figures as JSON here")
@@ -339,13 +347,18 @@ def main() -> None:
             return resolve_config(preset="celebahq-256", overrides=values)
 
         settings_of = {
-            f"batch {batch}": new_settings(batch, effective_batch, sample_batch, False) for batch in args.sweep
+            f"batch {batch}": new_settings(
+                batch, effective_batch, sample_batch, compile_=False, channels_last=args.channels_last
+            )
+            for batch in args.sweep
         }
         new_batch = min(args.new_batch, effective_batch)
         if not args.no_compare:
             settings_of |= {
                 "old": OLD,
-                f"new (batch {new_batch})": new_settings(new_batch, effective_batch, sample_batch),
+                f"new (batch {new_batch})": new_settings(
+                    new_batch, effective_batch, sample_batch, compile_=True, channels_last=args.channels_last
+                ),
             }
         measured = {}
         for name, overrides in settings_of.items():
@@ -361,7 +374,7 @@ def main() -> None:
         f"precision {precision}, {'bundled tiny-textures-32' if args.smoke else 'celebahq-256 architecture'}; "
         f"UNet {flops[0] / 1e9:.3g} GFLOP forward, {flops[1] / 1e9:.3g} forward+backward per sample"
     )
-    for title, columns in (("sweep (eager, channels_last + TF32)", sweep), ("old vs new", compared)):
+    for title, columns in (("sweep (eager)", sweep), ("old vs new", compared)):
         if columns:
             print(f"\n{title}\n{table(columns)}")
     if args.output:

@@ -167,26 +167,30 @@ def test_compile_refuses_a_policy_with_active_dropout():
         performance.compile_policy(_micro_unet(dropout=0.1), CPU)
 
 
-def test_channels_last_keeps_outputs_saved_weights_and_ratios_as_before(tmp_path):
-    """Applied on CUDA by the trainer; the layout logic is the same on the CPU."""
+@pytest.mark.parametrize("compiled", [False, True])
+def test_channels_last_keeps_outputs_saved_weights_and_ratios_as_before(tmp_path, aot_eager, compiled):
+    """Applied on CUDA by the trainer; the layout logic is the same on the CPU, and its hooks compile into the graph."""
     plain = make_tiny_pipeline().unet.eval()
     unet = copy.deepcopy(plain)
     performance.use_channels_last(unet)
     conv = unet.conv_in.weight
     assert conv.is_contiguous(memory_format=torch.channels_last) and not conv.is_contiguous()
-    sample, timesteps = _noise((4, 3, 16, 16), 0), torch.tensor([10, 300, 600, 900])
+    sampler = StochasticSampler(dict(DDPMScheduler(num_train_timesteps=1000).config), kind="ddim", num_steps=6)
+    sample, step_index = _noise((4, 3, 16, 16), 0), torch.tensor([0, 3, 4, 1])
     with torch.no_grad():
-        output, expected = unet(sample, timesteps).sample, plain(sample, timesteps).sample
-    assert output.is_contiguous(), "downstream arithmetic and pixel means see NCHW as before"
-    torch.testing.assert_close(output, expected, rtol=1e-5, atol=1e-5)
+        mean, expected = sampler.predict_mean(unet, sample, step_index), sampler.predict_mean(plain, sample, step_index)
+    assert mean.is_contiguous(), "the step arithmetic and its pixel means see NCHW as before"
+    torch.testing.assert_close(mean, expected, rtol=1e-5, atol=1e-5)
     state = unet.state_dict()
     assert all(tensor.is_contiguous() for tensor in state.values())
     assert all(torch.equal(state[name], tensor) for name, tensor in plain.state_dict().items())
     safetensors.torch.save_file(state, tmp_path / "unet.safetensors")  # refuses non-contiguous tensors
 
-    sampler = StochasticSampler(dict(DDPMScheduler(num_train_timesteps=1000).config), kind="ddim", num_steps=6)
-    rollout = sampler.rollout(unet, _noise((4, 3, 16, 16), 1), torch.Generator().manual_seed(2), forward_batch_size=2)
-    step_index = torch.tensor([0, 3, 4, 1])
+    policy = unet
+    if compiled:
+        assert performance.compile_policy(unet, CPU)
+        policy = performance.TrainingGraph(unet.train())
+    rollout = sampler.rollout(policy, _noise((4, 3, 16, 16), 1), torch.Generator().manual_seed(2), forward_batch_size=2)
     unet.train()
     for rows in (torch.arange(0, 2), torch.arange(2, 4)):
         log_prob = sampler.score_step(
@@ -194,3 +198,4 @@ def test_channels_last_keeps_outputs_saved_weights_and_ratios_as_before(tmp_path
         )
         ratio = torch.exp(log_prob.detach() - rollout.log_probs[rows, step_index[rows]])
         assert torch.equal(ratio, torch.ones_like(ratio))
+    assert _graphs() == (1 if compiled else 0)

@@ -1,8 +1,9 @@
 """GPU speed settings that leave the importance ratio exact: channels_last, TF32 and `torch.compile` of the policy.
 
-* `use_channels_last`: convolution weights and the UNet's input in NHWC, the layout tensor cores read without
-  transposes. The UNet's output is handed back contiguous (NCHW), so the step arithmetic, the log-densities
-  (whose pixel means round by memory order) and everything stored stay exactly as before.
+* `use_channels_last`: convolution weights in NHWC, the layout tensor cores read without transposes; the first
+  convolution turns the input to it too (cuDNN follows the weight's layout). The sampler hands the UNet's output
+  on contiguous (`StochasticSampler.predict_mean`), so the step arithmetic, the log-densities (whose pixel means
+  round by memory order) and everything stored stay as before.
 * `enable_tf32`: fp32 matmuls and convolutions on tensor cores (10-bit mantissa inputs, fp32 accumulation).
   Under bf16 autocast it only touches the ops autocast keeps in fp32.
 * `compile_policy`: `torch.compile` of the trained UNet, static shapes (`dynamic=False`). Sampling and
@@ -27,27 +28,14 @@ minutes on a small CPU; they keep one inductor test, so the production path is c
 
 
 def use_channels_last(unet: torch.nn.Module) -> None:
-    """Keep `unet`'s weights and inputs in channels_last; its outputs and saved weights stay contiguous (NCHW).
+    """Keep `unet`'s convolution weights in channels_last; its state_dict (checkpoints, saved pipelines) stays NCHW.
 
-    Weights are converted in place, so an optimizer built before or after holds the same parameters.
+    Converted in place, so an optimizer built before or after holds the same parameters. No forward hooks: a
+    compiled module with hooks compiles them as graphs of their own.
     """
     unet.to(memory_format=torch.channels_last)
-    unet.register_forward_pre_hook(_channels_last_input, with_kwargs=True)
-    unet.register_forward_hook(_contiguous_output)
     # safetensors refuses non-contiguous tensors: checkpoints and saved pipelines get the usual NCHW weights.
     unet.register_state_dict_post_hook(_contiguous_state)
-
-
-def _channels_last_input(module: torch.nn.Module, args: tuple, kwargs: dict) -> tuple[tuple, dict]:
-    if args and isinstance(args[0], torch.Tensor) and args[0].ndim == 4:
-        args = (args[0].contiguous(memory_format=torch.channels_last), *args[1:])
-    return args, kwargs
-
-
-def _contiguous_output(module: torch.nn.Module, args: tuple, output: object) -> object:
-    if isinstance(output, UNet2DOutput):
-        return UNet2DOutput(sample=output.sample.contiguous())
-    return output
 
 
 def _contiguous_state(module: torch.nn.Module, state_dict: dict, prefix: str, local_metadata: dict) -> None:

@@ -217,11 +217,13 @@ class StochasticSampler:
 
         The UNet gets a contiguous sample (a no-op for the sampler's and trainer's own batches): a compiled graph
         is specialised to its inputs' strides, so a strided view, e.g. `rollout.latents[:, index]`, would compile
-        another graph.
+        another graph. Its output is made contiguous too (a no-op but for a channels_last UNet): the step's pixel
+        means round by memory order, and sampling and re-scoring must round alike.
         """
         step_index = step_index.to(sample.device)
         with autocast():
             model_output = unet(sample.contiguous(), self.step_tables(sample.device).timesteps[step_index]).sample
+        model_output = model_output.contiguous()
         return self.step_mean(model_output, sample, step_index)
 
     def score_step(
