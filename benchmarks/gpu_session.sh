@@ -15,9 +15,10 @@ export PYTHONUNBUFFERED=1
 nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv,noheader
 if ! python3 -c "import ddpo_hub.training" 2>/dev/null; then
   # Not installed there: ddpo_hub is a namespace package, so links to the source folders make it importable.
-  mkdir -p /tmp/ddpo-hub-path/ddpo_hub
-  for part in training model_card space; do ln -sfn "$PWD/$part" "/tmp/ddpo-hub-path/ddpo_hub/$part"; done
-  export PYTHONPATH=/tmp/ddpo-hub-path${PYTHONPATH:+:$PYTHONPATH}
+  links=$(mktemp -d)
+  mkdir -p "$links/ddpo_hub"
+  for part in training model_card space; do ln -s "$PWD/$part" "$links/ddpo_hub/$part"; done
+  export PYTHONPATH=$links${PYTHONPATH:+:$PYTHONPATH}
 fi
 python3 -c "import torch, diffusers, accelerate; print('torch', torch.__version__, 'diffusers', diffusers.__version__, 'accelerate', accelerate.__version__)"
 python3 -c "import triton; print('triton', triton.__version__)" || echo "no triton: --compile will be a logged no-op"

@@ -9,7 +9,8 @@
 * `compile_policy`: `torch.compile` of the trained UNet, static shapes (`dynamic=False`). Sampling and
   re-scoring call one and the same compiled graph (`TrainingGraph`): a separately compiled inference graph
   fuses and rounds differently from the forward half of the training graph, which would move the ratio off 1
-  (bf16: by ~1e-3, ten times PPO's clip range). Unsupported set-ups get a logged notice and run eagerly.
+  (a re-scoring that rounds differently drifts by ~1e-3 in bf16, ten times PPO's clip range: see the README).
+  Unsupported set-ups get a logged notice and run eagerly.
 """
 
 from __future__ import annotations
