@@ -56,8 +56,9 @@ class DDPOConfig:
     torch.compile cannot run (no C++ compiler or Triton, an unsupported platform); the first steps of a run wait
     for the compilation."""
     channels_last: bool = True
-    """On CUDA, keep the UNets' weights and inputs in channels_last (NHWC) memory format, which tensor cores read
-    without transposes; outputs and saved weights keep the usual layout."""
+    """On CUDA, keep the UNets' convolution weights in channels_last (NHWC) memory format, which tensor cores read
+    without transposes (the first convolution turns the input to it); outputs and saved weights keep the usual
+    layout."""
     tf32: bool = True
     """On CUDA, run fp32 matmuls and convolutions on TF32 tensor cores (under bf16 autocast only the few ops it
     leaves in fp32)."""

@@ -391,10 +391,8 @@ class DDPOTrainer:
             )
             rollouts.append(rollout)
             pending.append(reward_pool.submit(_reward_when_copied, self.reward_fn, *_copy_to_host(rollout.images)))
-        if accelerator.device.type == "cuda":
-            torch.cuda.synchronize(
-                accelerator.device
-            )  # once per epoch: the seconds count the GPU's work, not its queue
+        if accelerator.device.type == "cuda":  # once per epoch: the seconds count the GPU's work, not its queue
+            torch.cuda.synchronize(accelerator.device)
         seconds_sampling = time.perf_counter() - started
         waited = time.perf_counter()
         outputs = [future.result() for future in pending]
