@@ -176,6 +176,7 @@ def test_nan_loss_stops_and_names_the_last_good_checkpoint(tiny_pipeline_dir, tm
         (["--eval-num-images", "4", "--eval-num-inference-steps", "pndm=2"], "pndm needs between 4 and 1000"),
         (["--grid-size", "0"], "--grid-size must be a positive integer"),
         (["--overwrite", "--resume", "latest"], "--overwrite starts the run afresh"),
+        (["--compile", "--use-lora"], "--compile does not support --use-lora"),
     ],
 )
 def test_bad_input_gets_a_clear_error(tiny_pipeline_dir, tmp_path, capsys, flags, message):
@@ -454,6 +455,48 @@ def test_two_inner_epochs_take_twice_the_optimizer_steps(finished_run, tiny_pipe
     # 8 samples in minibatches of 4, one optimizer step per minibatch (its timesteps are accumulated).
     assert one_pass == FAST["num_samples"] // FAST["train_batch_size"]
     assert read_metrics(run_dir)[0]["global_step"] == 2 * one_pass
+
+
+def _first_update_gradients(base: str, run_dir: Path, monkeypatch, **overrides) -> list[torch.Tensor]:
+    """The accumulated gradients of a run's first optimizer step, as they are about to be applied."""
+    from ddpo_hub.training.trainer import DDPOTrainer
+
+    captured: list[list[torch.Tensor]] = []
+    check = DDPOTrainer._check_finite
+
+    def capture(trainer, epoch):
+        captured.append([parameter.grad.clone() for parameter in trainer.unet.parameters()])
+        check(trainer, epoch)
+
+    monkeypatch.setattr(DDPOTrainer, "_check_finite", capture)
+    train(_config(base, run_dir, epochs=1, **overrides))
+    return captured[0]
+
+
+def test_gradient_accumulation_keeps_the_effective_batch(tiny_pipeline_dir, tmp_path, monkeypatch):
+    """Micro-batch 4 x 2 accumulated and 2 x 4 average the same 8 samples' gradients into one update.
+
+    So a preset can change its training batch to fill a GPU and keep its learning dynamics by keeping
+    `train_batch_size * gradient_accumulation_steps`. Every trained step of all 8 samples is in the update
+    (`timestep_fraction` 1), whatever order the minibatches and timesteps are shuffled into.
+    """
+    four_by_two = _first_update_gradients(
+        tiny_pipeline_dir, tmp_path / "4x2", monkeypatch, train_batch_size=4, gradient_accumulation_steps=2
+    )
+    two_by_four = _first_update_gradients(
+        tiny_pipeline_dir, tmp_path / "2x4", monkeypatch, train_batch_size=2, gradient_accumulation_steps=4
+    )
+
+    # The sampler's UNet batches differ (4 and 2 images), so the rollouts agree to float rounding, not bit for bit.
+    def relative_error(actual: list[torch.Tensor], expected: list[torch.Tensor]) -> float:
+        actual, expected = torch.cat([a.flatten() for a in actual]), torch.cat([e.flatten() for e in expected])
+        return float((actual - expected).norm() / expected.norm())
+
+    assert relative_error(two_by_four, four_by_two) < 1e-4
+    half = _first_update_gradients(
+        tiny_pipeline_dir, tmp_path / "4x1", monkeypatch, train_batch_size=4, gradient_accumulation_steps=1
+    )
+    assert relative_error(half, four_by_two) > 0.1, "an update of 4 of the samples is another gradient"
 
 
 _COMPARED = ("reward_mean", "loss", "approx_kl", "clipfrac")

@@ -50,6 +50,18 @@ class DDPOConfig:
     metrics, grids, logs, checkpoints, evaluation and card; other files stay). Without it such a run is refused."""
     mixed_precision: str = "no"
     """`no`, `fp16` or `bf16` (through accelerate's autocast)."""
+    compile: bool = False
+    """`torch.compile` the trained UNet with static shapes. Rollouts are sampled through the same compiled graph
+    that re-scores them (train mode, gradients on), so importance ratios stay exactly 1. A logged no-op where
+    torch.compile cannot run (no C++ compiler or Triton, an unsupported platform); the first steps of a run wait
+    for the compilation."""
+    channels_last: bool = True
+    """On CUDA, keep the UNets' convolution weights in channels_last (NHWC) memory format, which tensor cores read
+    without transposes (the first convolution turns the input to it); outputs and saved weights keep the usual
+    layout."""
+    tf32: bool = True
+    """On CUDA, run fp32 matmuls and convolutions on TF32 tensor cores (under bf16 autocast only the few ops it
+    leaves in fp32)."""
 
     algorithm: str = "ddpo"
     """`ddpo` (Black et al. 2023) or `nft` (DiffusionNFT, Zheng et al. 2025: likelihood-free, any sampler)."""
@@ -204,6 +216,11 @@ class DDPOConfig:
             raise ValueError(f"--eta must be in (0, 1] for DDPO's stochastic DDIM rollouts, got {self.eta}.")
         if self.algorithm == "nft" and not 0.0 <= self.eta <= 1.0:
             raise ValueError(f"--eta must be in [0, 1] (0: deterministic DDIM rollouts), got {self.eta}.")
+        if self.compile and self.use_lora:
+            raise ValueError(
+                "--compile does not support --use-lora yet: exact re-scoring through peft's adapter layers (and its "
+                "switching them off for the base model) under torch.compile is untested; drop one of them."
+            )
         if self.algorithm == "nft" and self.use_lora:
             raise ValueError("--algorithm nft trains all weights: its old policy is a full EMA copy; drop --use-lora.")
         if not 0.0 < self.nft_beta <= 1.0 or not 0.0 <= self.nft_old_decay_max < 1.0 or self.nft_old_decay_rate < 0:

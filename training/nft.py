@@ -19,7 +19,8 @@ import copy
 import torch
 
 from ddpo_hub.training.losses import nft_loss, optimality
-from ddpo_hub.training.sampling import Rollout
+from ddpo_hub.training.performance import compile_policy
+from ddpo_hub.training.sampling import Rollout, draw_normal
 from ddpo_hub.training.trainer import DDPOTrainer, EpochSamples, _generator
 
 FORWARD_NOISE = 100
@@ -34,7 +35,10 @@ class NFTTrainer(DDPOTrainer):
     def __init__(self, *args, **kwargs):
         super().__init__(*args, **kwargs)
         unet = self.accelerator.unwrap_model(self.unet)
-        self.old_unet = copy.deepcopy(unet).requires_grad_(False).eval()
+        self.old_unet = copy.deepcopy(unet).requires_grad_(False).eval()  # a deep copy runs eager
+        if self.compiled:
+            # Its own graph (eval, no gradients): it samples and scores eps_old at the training batch size alike.
+            compile_policy(self.old_unet, self.accelerator.device)
         self.accelerator.register_for_checkpointing(self.old_unet)
         self._steps_this_epoch = 0
 
@@ -75,7 +79,7 @@ class NFTTrainer(DDPOTrainer):
         clean = samples.latents[rows, -1]
         generator = _generator(config.seed, FORWARD_NOISE, epoch, accelerator.process_index, self._steps_this_epoch)
         self._steps_this_epoch += 1
-        noise = torch.randn(clean.shape, generator=generator).to(clean.device)
+        noise = draw_normal(clean.shape, generator, clean.device)
         tables = self.sampler.step_tables(clean.device)
         step_index = step_index.to(clean.device)
         timesteps, alpha = tables.timesteps[step_index], tables.alpha_prod[step_index]

@@ -42,6 +42,18 @@ if TYPE_CHECKING:
 LOG_SQRT_2PI = 0.5 * math.log(2 * math.pi)
 
 
+def draw_normal(shape: tuple[int, ...], generator: torch.Generator, device: torch.device | str) -> torch.Tensor:
+    """Standard normal noise drawn by `generator`, on `device`, without making the host wait for the GPU.
+
+    A CPU generator on a GPU run draws into pinned memory and copies without waiting: a plain `.to(device)`
+    synchronises with the GPU's queue, so the GPU would idle while the host draws the next noise.
+    """
+    device = torch.device(device)
+    pin = generator.device.type == "cpu" and device.type == "cuda"
+    noise = torch.randn(shape, generator=generator, device=generator.device, pin_memory=pin)
+    return noise.to(device, non_blocking=pin)
+
+
 @dataclass
 class Rollout:
     """A batch of recorded trajectories, everything on the CPU or the sampling device in float32."""
@@ -201,10 +213,17 @@ class StochasticSampler:
         step_index: torch.Tensor,
         autocast: Callable[[], AbstractContextManager] = nullcontext,
     ) -> torch.Tensor:
-        """Run the UNet (inside a fresh `autocast()` context) and turn its output into the step's float32 mean."""
+        """Run the UNet (inside a fresh `autocast()` context) and turn its output into the step's float32 mean.
+
+        The UNet gets a contiguous sample (a no-op for the sampler's and trainer's own batches): a compiled graph
+        is specialised to its inputs' strides, so a strided view, e.g. `rollout.latents[:, index]`, would compile
+        another graph. Its output is made contiguous too (a no-op but for a channels_last UNet): the step's pixel
+        means round by memory order, and sampling and re-scoring must round alike.
+        """
         step_index = step_index.to(sample.device)
         with autocast():
-            model_output = unet(sample, self.step_tables(sample.device).timesteps[step_index]).sample
+            model_output = unet(sample.contiguous(), self.step_tables(sample.device).timesteps[step_index]).sample
+        model_output = model_output.contiguous()
         return self.step_mean(model_output, sample, step_index)
 
     def score_step(
@@ -241,9 +260,7 @@ class StochasticSampler:
         chunk = forward_batch_size or batch
         sample = noise.float()
         latents, log_probs, kls = [sample], [], []
-        # A CPU generator on a GPU run draws into pinned memory and copies without waiting, so nothing in
-        # this loop blocks the host and the noise of each step is drawn while the GPU runs the UNet.
-        pin = generator.device.type == "cpu" and sample.device.type == "cuda"
+        # Nothing in this loop waits for the GPU: each step's noise is drawn while the UNet runs (`draw_normal`).
         for index in tqdm(range(self.num_steps), desc="sampling steps", leave=False, disable=not progress):
             step_index = torch.full((batch,), index, dtype=torch.long, device=sample.device)
             mean = torch.cat(
@@ -260,8 +277,8 @@ class StochasticSampler:
                     ]
                 )
                 kls.append(gaussian_kl(mean, reference_mean, self.step_tables(sample.device).std[step_index]))
-            step_noise = torch.randn(sample.shape, generator=generator, device=generator.device, pin_memory=pin)
-            next_sample = mean + self.step_std[index].item() * step_noise.to(sample.device, non_blocking=pin)
+            step_noise = draw_normal(sample.shape, generator, sample.device)
+            next_sample = mean + self.step_std[index].item() * step_noise  # step_std is on the CPU: no sync
             log_probs.append(self.log_prob(next_sample, mean, step_index))
             latents.append(next_sample)
             sample = next_sample

@@ -36,6 +36,7 @@ from ddpo_hub.training.config import DDPOConfig
 from ddpo_hub.training.fidelity import fidelity_to_base
 from ddpo_hub.training.jpeg import jpeg_sizes
 from ddpo_hub.training.losses import gaussian_kl, ppo_clip_loss
+from ddpo_hub.training.performance import TrainingGraph, compile_policy, enable_tf32, use_channels_last
 from ddpo_hub.training.pipelines import fetch_pipeline_folder, load_unet_and_scheduler_config, resolve_model_path
 from ddpo_hub.training.rewards import RewardOutput, load_reward
 from ddpo_hub.training.run_folder import (
@@ -56,7 +57,7 @@ from ddpo_hub.training.run_folder import (
     write_config,
     write_run_info,
 )
-from ddpo_hub.training.sampling import Rollout, StochasticSampler
+from ddpo_hub.training.sampling import Rollout, StochasticSampler, draw_normal
 
 logger = logging.getLogger(__name__)
 
@@ -143,6 +144,10 @@ class DDPOTrainer:
         source = resolve_model_path(config.base_model)
         self.base_model_path = str(Path(source).resolve()) if Path(source).exists() else source
         self.sampler = StochasticSampler.for_run(self.scheduler_config, config)
+        cuda = self.accelerator.device.type == "cuda"
+        if cuda and config.tf32:
+            enable_tf32()
+        self._channels_last = cuda and config.channels_last
         self.num_train_timesteps = max(1, int(config.timestep_fraction * self._trainable_steps()))
         self.accelerator.gradient_accumulation_steps = config.gradient_accumulation_steps * self.num_train_timesteps
         # The frozen base: the KL leash's reference, the fidelity metrics' baseline and the epoch-0 grid. With
@@ -150,6 +155,10 @@ class DDPOTrainer:
         self.base_unet = (
             None if config.use_lora else copy.deepcopy(unet).requires_grad_(False).eval().to(self.accelerator.device)
         )
+        if self.base_unet is not None and self._channels_last:
+            use_channels_last(self.base_unet)
+        self.compiled = False
+        """Whether the policy runs compiled: `--compile`, where torch.compile can run here."""
         self.unet, self.optimizer, self.ema = self._prepare_model(unet)
         self._base_fixed: Rollout | None = None  # the base's fixed-seed samples, drawn once per process start
         self._base_fixed_bytes: np.ndarray | None = None  # and their JPEG sizes, encoded once
@@ -182,6 +191,10 @@ class DDPOTrainer:
                     init_lora_weights="gaussian",
                 ),
             )
+        if self._channels_last:
+            use_channels_last(unet)
+        if config.compile:
+            self.compiled = compile_policy(unet, self.accelerator.device)
         parameters = [parameter for parameter in unet.parameters() if parameter.requires_grad]
         optimizer = torch.optim.AdamW(
             parameters,
@@ -212,9 +225,14 @@ class DDPOTrainer:
             )
         return trainable_steps
 
-    def _rollout_unet(self) -> torch.nn.Module:
-        """The policy that samples the epoch's trajectories: DDPO samples on-policy."""
-        return self.accelerator.unwrap_model(self.unet)
+    def _rollout_unet(self) -> Callable[..., torch.Tensor]:
+        """The policy that samples the epoch's trajectories, ready to sample: DDPO samples on-policy.
+
+        Compiled, it samples through the training graph, in train mode with gradients on, as re-scoring runs
+        it: a graph of its own (eval mode, no gradients) would round differently and move the ratios off 1.
+        """
+        unet = self.accelerator.unwrap_model(self.unet)
+        return TrainingGraph(unet.train()) if self.compiled else unet.eval()
 
     @contextmanager
     def _base_model(self) -> Iterator[Callable[..., torch.Tensor]]:
@@ -358,14 +376,12 @@ class DDPOTrainer:
         rank = accelerator.process_index
         num_batches = config.num_samples // (config.sample_batch_size * accelerator.num_processes)
         unet = self._rollout_unet()
-        unet.eval()
         rollouts: list[Rollout] = []
         pending: list[Future[RewardOutput]] = []
         started = time.perf_counter()
         for batch in tqdm(range(num_batches), desc=f"epoch {epoch} sampling", disable=not self.is_main, leave=False):
             noise_generator = _generator(config.seed, NOISE, epoch, rank, batch)
-            noise = torch.randn((config.sample_batch_size, *self.sample_shape), generator=noise_generator)
-            noise = noise.to(accelerator.device)
+            noise = draw_normal((config.sample_batch_size, *self.sample_shape), noise_generator, accelerator.device)
             rollout = self.sampler.rollout(
                 unet,
                 noise,
@@ -374,7 +390,9 @@ class DDPOTrainer:
                 forward_batch_size=config.train_batch_size,
             )
             rollouts.append(rollout)
-            pending.append(reward_pool.submit(self.reward_fn, rollout.images.cpu()))
+            pending.append(reward_pool.submit(_reward_when_copied, self.reward_fn, *_copy_to_host(rollout.images)))
+        if accelerator.device.type == "cuda":  # once per epoch: the seconds count the GPU's work, not its queue
+            torch.cuda.synchronize(accelerator.device)
         seconds_sampling = time.perf_counter() - started
         waited = time.perf_counter()
         outputs = [future.result() for future in pending]
@@ -522,18 +540,21 @@ class DDPOTrainer:
         seed, device, size = self.config.seed, self.accelerator.device, self._fixed_set_size
         noise = torch.randn((size, *self.sample_shape), generator=_generator(seed, GRID, 0))
         parts = []
-        for start in range(0, size, self.config.sample_batch_size):
-            stop = min(start + self.config.sample_batch_size, size)
-            with self._base_model() if with_kl else nullcontext() as base:
-                parts.append(
-                    self.sampler.rollout(
-                        unet,
-                        noise[start:stop].to(device),
-                        generator=_generator(seed, GRID, 1, start),
-                        autocast=self.accelerator.autocast,
-                        reference=base,
+        # Eager even when compiled: its batch sizes and eval mode are not training's, and would compile graphs of
+        # their own (no ratio is taken of these samples).
+        with torch.compiler.set_stance("force_eager") if self.compiled else nullcontext():
+            for start in range(0, size, self.config.sample_batch_size):
+                stop = min(start + self.config.sample_batch_size, size)
+                with self._base_model() if with_kl else nullcontext() as base:
+                    parts.append(
+                        self.sampler.rollout(
+                            unet,
+                            noise[start:stop].to(device),
+                            generator=_generator(seed, GRID, 1, start),
+                            autocast=self.accelerator.autocast,
+                            reference=base,
+                        )
                     )
-                )
         return Rollout(
             latents=torch.cat([part.latents[:, -1:] for part in parts]),  # the images are all that is kept
             timesteps=parts[0].timesteps,
@@ -631,6 +652,29 @@ def _several_processes_without_gpu() -> bool:
 def _spatial_size(unet: UNet2DModel) -> tuple[int, int]:
     size = unet.config.sample_size
     return (size, size) if isinstance(size, int) else tuple(size)
+
+
+def _copy_to_host(tensor: torch.Tensor) -> tuple[torch.Tensor, torch.cuda.Event | None]:
+    """Start copying a GPU tensor to pinned host memory; returns the copy and the event that marks it done.
+
+    `.cpu()` would make the host wait for the GPU to finish the batch before queueing the next one's kernels.
+    """
+    if tensor.device.type != "cuda":
+        return tensor.cpu(), None
+    host = torch.empty(tensor.shape, dtype=tensor.dtype, pin_memory=True)
+    host.copy_(tensor, non_blocking=True)
+    copied = torch.cuda.Event()
+    copied.record()
+    return host, copied
+
+
+def _reward_when_copied(
+    reward_fn: Callable[[torch.Tensor], RewardOutput], images: torch.Tensor, copied: torch.cuda.Event | None
+) -> RewardOutput:
+    """In the reward thread: wait for the images' copy to the host (`_copy_to_host`), then reward them."""
+    if copied is not None:
+        copied.synchronize()
+    return reward_fn(images)
 
 
 def _jpeg_bytes(rollout: Rollout) -> np.ndarray:
