@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import os
 from collections.abc import Sequence
+from contextlib import AbstractContextManager, nullcontext
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -80,19 +81,44 @@ def build_pipeline(unet: UNet2DModel, scheduler_config: dict, scheduler: str) ->
     return choice.pipeline_class(unet=unet, scheduler=choice.scheduler_class.from_config(scheduler_config))
 
 
+def autocast(device: torch.device | str, dtype: torch.dtype | None) -> AbstractContextManager:
+    """Mixed precision for sampling: autocast to `dtype` on `device`, or plain float32 when `dtype` is None."""
+    if dtype is None:
+        return nullcontext()
+    return torch.autocast(torch.device(device).type, dtype=dtype)
+
+
+def sample_image(
+    pipeline: DiffusionPipeline,
+    seed: int,
+    num_inference_steps: int,
+    *,
+    eta: float | None = None,
+    autocast_dtype: torch.dtype | None = None,
+) -> Image.Image:
+    """One image, sampled alone (batch 1) from its own CPU generator seeded `seed`.
+
+    The one sampling layout of evaluation and the Space: a batched forward may pick other kernels than a
+    batch of one, so images sampled together differ from images sampled alone by a byte or so of JPEG. Sampled
+    alone, an image depends on its seed and settings only, never on the images drawn with it; it is identical
+    for the same device, precision, torch thread count and library versions (thread count and kernels change
+    floating-point sums). `eta` is passed to DDIM pipelines only (the others have none).
+    """
+    options = {"eta": eta} if eta is not None else {}
+    with torch.inference_mode(), autocast(pipeline.device, autocast_dtype):
+        return pipeline(
+            batch_size=1,
+            generator=[torch.Generator("cpu").manual_seed(seed)],
+            num_inference_steps=num_inference_steps,
+            **options,
+        ).images[0]
+
+
 def sample_seeded(
     pipeline: DiffusionPipeline, seeds: Sequence[int], num_inference_steps: int, *, eta: float | None = None
 ) -> list[Image.Image]:
-    """One image per seed, each drawn from its own CPU generator, so image i depends on seeds[i] alone.
-
-    Evaluation and the Space both sample this way, so the same seed gives the same picture in both,
-    whatever the batch size. `eta` is passed to DDIM pipelines only (the others have none).
-    """
-    generators = [torch.Generator("cpu").manual_seed(seed) for seed in seeds]
-    options = {"eta": eta} if eta is not None else {}
-    return pipeline(
-        batch_size=len(seeds), generator=generators, num_inference_steps=num_inference_steps, **options
-    ).images
+    """One image per seed, each sampled alone with `sample_image`: image i depends on seeds[i] alone."""
+    return [sample_image(pipeline, seed, num_inference_steps, eta=eta) for seed in seeds]
 
 
 def bundled_models() -> dict[str, Path]:
