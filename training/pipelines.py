@@ -62,6 +62,11 @@ TINY_BASE_MODEL = BUNDLED_MODELS_DIR / "tiny-textures-32"
 """The small DDPM shipped with the project (see `training/pretrain_base.py`)."""
 
 
+BUNDLED_BASE_MODEL_KEY = "bundled_base_model"
+"""Card metadata naming a base model shipped with this project (e.g. `tiny-textures-32`): `base_model` takes
+Hub ids only, and a bundled model has none, so the card names it here by its bundled name."""
+
+
 class ModelLoadError(ValueError):
     """The model id or folder does not hold a loadable diffusers `UNet2DModel` pipeline."""
 
@@ -242,8 +247,9 @@ def read_base_model(
     """The `base_model` named in a model card's metadata: what a fine-tuned model is compared with.
 
     Reads `README.md` of a folder or Hub repo; None when there is no card or it names no base model.
-    A card listing several base models (a merge) yields the first. `hub_only`: `model` is a Hub repo id,
-    never looked up on the file system.
+    A card listing several base models (a merge) yields the first; a card of a model fine-tuned from a bundled
+    model names it under `bundled_base_model`, read only when this install ships that model. `hub_only`:
+    `model` is a Hub repo id, never looked up on the file system.
     """
     source = str(model) if hub_only else resolve_model_path(model)
     folder = Path(source)
@@ -258,7 +264,9 @@ def read_base_model(
             return None
         except (HfHubHTTPError, LocalEntryNotFoundError) as error:
             raise ModelLoadError(f"Could not read the model card of {source!r}: {error}") from error
-    base_model = ModelCard.load(card_path, ignore_metadata_errors=True).data.base_model
+    data = ModelCard.load(card_path, ignore_metadata_errors=True).data
+    base_model = data.base_model
     if isinstance(base_model, list):
         base_model = base_model[0] if base_model else None
-    return base_model or None
+    bundled = data.get(BUNDLED_BASE_MODEL_KEY)
+    return base_model or (bundled if bundled in bundled_models() else None)
