@@ -8,7 +8,6 @@ pipeline around the same UNet instead of swapping the scheduler on a fixed pipel
 from __future__ import annotations
 
 import os
-from collections.abc import Sequence
 from contextlib import AbstractContextManager, nullcontext
 from dataclasses import dataclass
 from pathlib import Path
@@ -117,13 +116,6 @@ def sample_image(
             num_inference_steps=num_inference_steps,
             **options,
         ).images[0]
-
-
-def sample_seeded(
-    pipeline: DiffusionPipeline, seeds: Sequence[int], num_inference_steps: int, *, eta: float | None = None
-) -> list[Image.Image]:
-    """One image per seed, each sampled alone with `sample_image`: image i depends on seeds[i] alone."""
-    return [sample_image(pipeline, seed, num_inference_steps, eta=eta) for seed in seeds]
 
 
 def bundled_models() -> dict[str, Path]:
