@@ -53,6 +53,7 @@ from PIL import Image
 from ddpo_hub.training.fidelity import fidelity_to_base, ssim_to_base
 from ddpo_hub.training.jpeg import encode_jpeg
 from ddpo_hub.training.pipelines import (
+    LARGE_MODEL_PARAMETERS,
     SCHEDULERS,
     TINY_BASE_MODEL,
     ModelLoadError,
@@ -100,9 +101,6 @@ FIRST_PAIR_SECONDS = 35.0
 """The defaults show the first fine-tuned/base pair within this time (the issue asks 45 s on a free CPU Space)."""
 REQUEST_SECONDS = 90.0
 """...and finish a default request within this time (asked: 120 s); both leave room for a busier machine."""
-LARGE_MODEL_PARAMETERS = 10_000_000
-"""UNets this large sample under bf16/fp16 where the hardware runs it natively; smaller ones stay in fp32,
-where they are fast anyway and their images equal fp32 sampling's bit for bit."""
 ASSUMED_GPU_SECONDS_PER_FORWARD = 0.05
 """The estimate for an unmeasured model on ZeroGPU, where no UNet pass can run outside a request."""
 MAX_GPU_SECONDS = 300

@@ -26,7 +26,7 @@ import torch
 from diffusers import DDPMPipeline, DDPMScheduler, UNet2DModel
 from gradio_client import Client
 from gradio_client.exceptions import AppError
-from huggingface_hub import HfApi, ModelCard, ModelCardData, constants, snapshot_download
+from huggingface_hub import HfApi, ModelCard, ModelCardData, SpaceCard, constants, snapshot_download
 from huggingface_hub.errors import LocalEntryNotFoundError
 from PIL import Image
 from skimage.metrics import structural_similarity
@@ -501,7 +501,13 @@ def test_deployed_space_runs_on_its_own(models, hub_server, hub_token, tmp_path,
     variables = api.get_space_variables(space_id)
     assert variables["MODEL_ID"].value == models.finetuned
     space_dir = Path(snapshot_download(space_id, repo_type="space", local_dir=tmp_path / "space"))
-    assert ModelCard.load(space_dir / "README.md").data.models == [models.finetuned, models.base]
+    card = ModelCard.load(space_dir / "README.md")
+    assert card.data.models == [models.finetuned, models.base]
+    tiny = UNet2DModel(**TINY_UNET_CONFIG)
+    assert card.data.suggested_hardware == "cpu-basic"  # 16x16, far below the size that asks for a GPU
+    assert card.data.short_description == "A 16px DDPM tuned by DDPO for smaller JPEGs, vs its base"
+    assert f"`{models.finetuned}` ({tiny.num_parameters() / 1e6:.2f} M UNet parameters, 16x16 images)" in card.text
+    assert f"compares it with `{models.base}`" in card.text and "quality 95 with 4:2:0" in card.text
 
     port = free_port()
     environment = {
@@ -528,6 +534,16 @@ def test_deployed_space_runs_on_its_own(models, hub_server, hub_token, tmp_path,
         server.terminate()
         output = server.communicate(timeout=30)[0].decode(errors="replace")
     assert "Traceback" not in output, output
+
+
+def test_the_space_card_of_the_celebahq_architecture_suggests_a_gpu():
+    """google/ddpm-celebahq-256's config (no weights): 113.67 M parameters, 256 px, a GPU suggested."""
+    facts = deploy.model_facts(str(REPO_ROOT / "tests" / "data" / "ddpm-celebahq-256-config"))
+    assert (facts.parameters, facts.image_size) == (113_673_219, 256)
+    card = SpaceCard(deploy.space_card("google/ddpm-celebahq-256", None, facts))
+    assert card.data.suggested_hardware == "t4-small" and card.data.models == ["google/ddpm-celebahq-256"]
+    assert len(card.data.short_description) <= 60 and "256px" in card.data.short_description
+    assert "no base model (its card names none)" in card.text
 
 
 def wait_for_app(url: str, server: subprocess.Popen, download_dir: Path, timeout: float = 120) -> Client:

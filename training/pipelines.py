@@ -61,6 +61,10 @@ TINY_BASE_MODEL = BUNDLED_MODELS_DIR / "tiny-textures-32"
 """The small DDPM shipped with the project (see `training/pretrain_base.py`)."""
 
 
+LARGE_MODEL_PARAMETERS = 10_000_000
+"""UNets this large sample under bf16/fp16 where the hardware runs it natively (the Space), and their Space
+suggests a GPU; smaller ones stay in fp32, where they are fast anyway and equal fp32 sampling bit for bit."""
+
 BUNDLED_BASE_MODEL_KEY = "bundled_base_model"
 """Card metadata naming a base model shipped with this project (e.g. `tiny-textures-32`): `base_model` takes
 Hub ids only, and a bundled model has none, so the card names it here by its bundled name."""
