@@ -21,7 +21,7 @@ from PIL import Image
 
 from ddpo_hub.model_card import figures
 from ddpo_hub.training import jpeg
-from ddpo_hub.training.pipelines import SCHEDULERS, hub_repo_id
+from ddpo_hub.training.pipelines import BUNDLED_BASE_MODEL_KEY, SCHEDULERS, bundled_models, hub_repo_id
 from ddpo_hub.training.run_folder import CARD_IMAGES_DIR, CARD_NAME, Run, load_run
 
 TEMPLATE_PATH = Path(__file__).with_name("template.md")
@@ -111,6 +111,8 @@ def _display_model(value: str | None) -> str:
         return "an unknown base model"
     if hub_model_id(value):
         return f"[`{value}`](/{value})"
+    if value in bundled_models():
+        return f"`{value}` (bundled with ddpo-hub)"
     return f"`{Path(value).name}` (a local model)"
 
 
@@ -230,14 +232,18 @@ def card_data(run: Run, *, repo_id: str | None, evaluation: dict | None, license
     """The card's YAML metadata."""
     reward = str(run.config.get("reward", "custom"))
     results = eval_results_entries(evaluation) if evaluation else _training_eval_results(run)
+    base = run.config.get("base_model")
+    # A bundled base has no Hub id: the card names it by its bundled name, which the Space and ddpo-eval resolve.
+    bundled = {BUNDLED_BASE_MODEL_KEY: base} if base in bundled_models() else {}
     return ModelCardData(
         license=license,
         library_name="diffusers",
         pipeline_tag="unconditional-image-generation",
-        base_model=hub_model_id(run.config.get("base_model")),
+        base_model=hub_model_id(base),
         tags=[*BASE_TAGS, str(run.config.get("algorithm", "ddpo")), _reward_tag(reward)],
         model_name=_model_name(run, repo_id),
         eval_results=results or None,
+        **bundled,
     )
 
 

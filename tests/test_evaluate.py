@@ -6,6 +6,7 @@ import json
 import statistics
 from pathlib import Path
 
+import numpy as np
 import pytest
 import torch
 from diffusers import DDIMPipeline, DDIMScheduler, DDPMPipeline, PNDMPipeline, PNDMScheduler
@@ -52,31 +53,32 @@ def test_bad_arguments_are_rejected(tiny_pipeline_dir):
         run_evaluation(tiny_pipeline_dir, None, schedulers=["pndm"], num_images=1, num_inference_steps={"pndm": 3})
 
 
-@pytest.mark.parametrize("batch_size", [1, 3])
-def test_each_image_starts_from_the_noise_of_its_seed(tiny_pipeline_dir, batch_size):
+def test_each_image_starts_from_the_noise_of_its_seed(tiny_pipeline_dir):
     pipeline = DDIMPipeline.from_pretrained(tiny_pipeline_dir)
     pipeline.set_progress_bar_config(disable=True)
     first_inputs = []
     calls = {"n": 0}
 
     def record_first_step(module, args):
-        if calls["n"] % 2 == 0:  # 2 steps per batch: the first input of each batch is the starting noise
+        if calls["n"] % 2 == 0:  # 2 steps per image: the first input of each image is its starting noise
             first_inputs.append(args[0].clone())
         calls["n"] += 1
 
     pipeline.unet.register_forward_pre_hook(record_first_step)
-    generate(pipeline, seeds=[5, 6, 7], num_inference_steps=2, batch_size=batch_size)
+    generate(pipeline, seeds=[5, 6, 7], num_inference_steps=2)
     noise = torch.cat(first_inputs)
     expected = torch.cat([torch.randn((1, 3, 16, 16), generator=torch.Generator().manual_seed(s)) for s in (5, 6, 7)])
     assert torch.equal(noise, expected)
 
 
-def test_results_do_not_depend_on_batch_size(tiny_pipeline_dir, model_dir):
-    kwargs = dict(schedulers=["ddpm", "pndm"], num_images=3, seed=4, num_inference_steps=STEPS, device="cpu")
-    assert (
-        run_evaluation(model_dir, tiny_pipeline_dir, batch_size=3, **kwargs)[0]
-        == run_evaluation(model_dir, tiny_pipeline_dir, batch_size=2, **kwargs)[0]
-    )
+def test_an_image_depends_on_its_seed_not_on_the_seeds_drawn_with_it(tiny_pipeline_dir, model_dir):
+    kwargs = dict(schedulers=["ddpm", "pndm"], num_inference_steps=STEPS, device="cpu")
+    _, three = run_evaluation(model_dir, tiny_pipeline_dir, num_images=3, seed=4, **kwargs)
+    _, two = run_evaluation(model_dir, tiny_pipeline_dir, num_images=2, seed=5, **kwargs)
+    for key, by_role in two.items():
+        for role, images in by_role.items():
+            for image, same_seed in zip(images, three[key][role][1:], strict=True):
+                assert np.array_equal(np.asarray(image), np.asarray(same_seed)), (key, role)
 
 
 def test_statistics_match_an_independent_measurement(tiny_pipeline_dir, model_dir):
@@ -87,7 +89,6 @@ def test_statistics_match_an_independent_measurement(tiny_pipeline_dir, model_di
         num_images=3,
         seed=10,
         num_inference_steps=STEPS,
-        batch_size=2,
         device="cpu",
     )
     assert results["seeds"] == [10, 11, 12] and results["num_images"] == 3
@@ -134,7 +135,7 @@ def test_cli_writes_json_and_grids_into_the_run_folder(tiny_pipeline_dir, tmp_pa
     run = make_run_folder(tmp_path / "run", seed=1, base_model=tiny_pipeline_dir)
     code = main(
         ["--model", str(run), "--schedulers", "ddim,pndm", "--num-images", "2",
-         "--num-inference-steps", "ddim=2,pndm=4", "--batch-size", "2", "--device", "cpu"]
+         "--num-inference-steps", "ddim=2,pndm=4", "--device", "cpu"]
     )  # fmt: skip
     assert code == 0
     results = json.loads((run / "eval_results.json").read_text())

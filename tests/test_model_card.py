@@ -18,6 +18,7 @@ from ddpo_hub.model_card import render_card, write_card
 from ddpo_hub.model_card.figures import nice_ticks
 from ddpo_hub.training import evaluate
 from ddpo_hub.training.cli import card_main
+from ddpo_hub.training.pipelines import read_base_model
 from ddpo_hub.training.run_folder import read_metrics
 from tests.run_folder import CONFIG, make_run_folder, metrics_row, sample_grid
 
@@ -178,6 +179,19 @@ def test_card_renders_from_a_bare_run_folder(tmp_path):
     assert card.data.eval_results is None and "model-index" not in card.data.to_dict()
     assert "- **Wall time**: not recorded" in card.text and "images/" not in card.text
     assert not (run / "images").exists()
+
+
+def test_a_bundled_base_is_named_so_the_space_and_ddpo_eval_find_it(tmp_path):
+    """`make demo` fine-tunes the bundled tiny-textures-32: no Hub id, so the card names it by its bundled name."""
+    run = make_run_folder(tmp_path / "from-bundled", epochs=1, base_model="tiny-textures-32")
+    card = ModelCard.load(write_card(run, run))
+    assert card.data.base_model is None and card.data.bundled_base_model == "tiny-textures-32"
+    assert read_base_model(run) == "tiny-textures-32"
+    assert "`tiny-textures-32` (bundled with ddpo-hub)" in card.text
+    # A name this install does not ship is not a base model here.
+    card.data.bundled_base_model = "not-bundled-32"
+    card.save(run / "README.md")
+    assert read_base_model(run) is None
 
 
 def test_usage_snippet_pipelines_load_the_run_folder(tmp_path):

@@ -13,6 +13,7 @@ import re
 import socket
 import subprocess
 import sys
+import threading
 import time
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
@@ -22,18 +23,21 @@ from urllib.request import urlopen
 import numpy as np
 import pytest
 import torch
+from diffusers import DDPMPipeline, DDPMScheduler, UNet2DModel
 from gradio_client import Client
 from gradio_client.exceptions import AppError
-from huggingface_hub import HfApi, ModelCard, ModelCardData, constants, snapshot_download
+from huggingface_hub import HfApi, ModelCard, ModelCardData, SpaceCard, constants, snapshot_download
+from huggingface_hub.errors import LocalEntryNotFoundError
 from PIL import Image
 from skimage.metrics import structural_similarity
 
-from ddpo_hub.space import deploy
-from ddpo_hub.space.app import ModelCache, build_demo, scrub_paths
+from ddpo_hub.space import app, deploy
+from ddpo_hub.space.app import STEP_RANGES, ModelCache, build_demo, fitted_defaults, scrub_paths
+from ddpo_hub.training import pipelines
 from ddpo_hub.training.jpeg import encode_jpeg, to_pil
-from ddpo_hub.training.pipelines import build_pipeline, load_unet_and_scheduler_config
+from ddpo_hub.training.pipelines import BUNDLED_BASE_MODEL_KEY, build_pipeline, load_unet_and_scheduler_config
 from ddpo_hub.training.rewards import jpeg_compressibility
-from tests.conftest import make_tiny_pipeline
+from tests.conftest import TINY_UNET_CONFIG, make_tiny_pipeline
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 ARTIFACTS = REPO_ROOT / "tests" / "artifacts"
@@ -96,12 +100,15 @@ def models(hub_server, tmp_path_factory) -> Models:
 
 
 @pytest.fixture(scope="module")
-def space_url(models):
-    """The demo serving the fine-tuned model, launched in this process so images can be regenerated identically."""
+def space_url(models, tmp_path_factory):
+    """The demo serving the fine-tuned model, launched in this process so images can be regenerated identically.
+
+    Its examples are sampled as it launches, into a cache folder of its own."""
     with pytest.MonkeyPatch.context() as env:
         env.setenv("GRADIO_ANALYTICS_ENABLED", "False")
+        env.setenv("GRADIO_EXAMPLES_CACHE", str(tmp_path_factory.mktemp("examples")))
         demo = build_demo(models.finetuned, device=DEVICE)
-        demo.launch(server_name="127.0.0.1", server_port=free_port(), prevent_thread_lock=True, quiet=True)
+        demo.launch(server_name="127.0.0.1", server_port=free_port(), prevent_thread_lock=True, quiet=True, css=app.CSS)
     try:
         yield demo.local_url
     finally:
@@ -114,11 +121,13 @@ def client(space_url, tmp_path) -> Client:
 
 
 def expected_images(model_id: str, scheduler: str, steps: int, seeds: list[int], revision=None) -> list[Image.Image]:
-    """The images the Space should serve, sampled here with the shared pipeline code: image i from seed i."""
+    """The images the Space should serve, from the bare diffusers pipeline: image i alone, from seed i."""
     unet, scheduler_config = load_unet_and_scheduler_config(model_id, revision=revision)
     pipeline = build_pipeline(unet.to(DEVICE), scheduler_config, scheduler)
-    generators = [torch.Generator().manual_seed(seed) for seed in seeds]
-    return pipeline(batch_size=len(seeds), num_inference_steps=steps, generator=generators).images
+    return [
+        pipeline(batch_size=1, num_inference_steps=steps, generator=torch.Generator().manual_seed(seed)).images[0]
+        for seed in seeds
+    ]
 
 
 def training_rewards(images: list[Image.Image]) -> np.ndarray:
@@ -131,7 +140,8 @@ def training_rewards(images: list[Image.Image]) -> np.ndarray:
 
 
 def caption_bytes(caption: str) -> int:
-    return int(re.search(r"([\d,]+) bytes", caption).group(1).replace(",", ""))
+    """The size a caption states, in bytes (captions give kB = bytes / 1000 to three decimals: exact)."""
+    return round(1000 * float(re.fullmatch(r"seed \d+(?:, [a-z-]+)?: (\d+\.\d{3}) kB", caption).group(1)))
 
 
 def check_served_jpegs(result, expected: dict[str, list[Image.Image]], scheduler: str, seeds: list[int]) -> None:
@@ -149,8 +159,8 @@ def check_served_jpegs(result, expected: dict[str, list[Image.Image]], scheduler
             assert data == encode_jpeg(images[index])
             assert len(data) == num_bytes == caption_bytes(item["caption"])
             assert rewards[label][index] == -num_bytes / 1000
-            role = ("fine-tuned", "base")[position] if len(expected) > 1 else f"seed {seed}"
-            assert item["caption"] == f"{role}: {num_bytes:,} bytes ({num_bytes / 1000:.1f} kB)"
+            role = f", {('fine-tuned', 'base')[position]}" if len(expected) > 1 else ""
+            assert item["caption"] == f"seed {seed}{role}: {num_bytes / 1000:.3f} kB"
 
 
 @pytest.mark.parametrize("scheduler", ["DDPM", "DDIM", "PNDM"])
@@ -184,6 +194,111 @@ def test_each_scheduler_serves_the_measured_jpegs(client, models, scheduler):
     assert f"same-seed SSIM to base {ssim:.2f}" in result[2]
 
 
+class SamplingGate:
+    """Holds the Space's `hold_at`-th image (counting from 1) until `release()`: what was streamed before it can be
+    looked at while the request is certainly still running."""
+
+    def __init__(self, monkeypatch: pytest.MonkeyPatch, hold_at: int):
+        self.calls = 0
+        self.reached = threading.Event()
+        self._released = threading.Event()
+        original = app.sample_image
+
+        def gated(*args, **kwargs):
+            self.calls += 1
+            if self.calls == hold_at:
+                self.reached.set()
+                self._released.wait(120)
+            return original(*args, **kwargs)
+
+        monkeypatch.setattr(app, "sample_image", gated)
+
+    def release(self) -> None:
+        self._released.set()
+
+
+def wait_until(condition, timeout: float = 60) -> None:
+    """Poll `condition` (a wait for an event that must come, not a timing assertion)."""
+    deadline = time.monotonic() + timeout
+    while not condition():
+        assert time.monotonic() < deadline, "timed out"
+        time.sleep(0.05)
+
+
+def test_images_stream_to_gradio_client_as_they_are_sampled(client, models, monkeypatch):
+    """Each image reaches the client when it is sampled; the last update is the result, as predict returns it."""
+    seeds = [4, 5]
+    gate = SamplingGate(monkeypatch, hold_at=3)  # the second seed's fine-tuned image
+    job = client.submit(
+        model_id=models.finetuned,
+        scheduler="DDIM",
+        num_inference_steps=3,
+        num_images=len(seeds),
+        seed=seeds[0],
+        api_name="/generate",
+    )
+    try:
+        assert gate.reached.wait(60)
+        wait_until(lambda: len(job.outputs()) >= 2)
+        while_held = [list(output) for output in job.outputs()]
+        assert not job.done()
+    finally:
+        gate.release()
+    final = job.result(timeout=60)
+    updates = job.outputs()
+    assert [len(gallery) for gallery, _, _ in while_held] == [1, 2]  # two updates before the request could finish
+    assert [len(gallery) for gallery, _, _ in updates] == [1, 2, 3, 4]
+    assert tuple(updates[-1]) == tuple(final)
+    final_captions = [item["caption"] for item in final[0]]
+    for gallery, table, summary in updates[:-1]:
+        assert [item["caption"] for item in gallery] == final_captions[: len(gallery)]
+        assert table["data"] == final[1]["data"][: len(gallery)]
+        assert "Still sampling: about" in summary
+    assert "Still sampling" not in final[2]
+    assert "over 1 image(s), " in while_held[1][2] and "over 2 image(s), " in final[2]
+    expected = {
+        models.finetuned: expected_images(models.finetuned, "DDIM", 3, seeds),
+        models.base: expected_images(models.base, "DDIM", 3, seeds),
+    }
+    check_served_jpegs(final, expected, "DDIM", seeds)
+
+
+def test_defaults_fit_the_celebahq_architecture_on_a_cpu():
+    """At the per-pass time measured for google/ddpm-celebahq-256 on 2 CPU cores (1.7 s, bf16), the defaults show
+    the first pair within 45 s and finish within 120 s; a fast model keeps the usual defaults."""
+    slow = fitted_defaults(1.7, models=2)
+    for name, steps in slow.steps.items():
+        assert STEP_RANGES[name].minimum <= steps and 2 * steps * 1.7 <= 45
+    assert slow.images >= 1 and 2 * slow.images * slow.steps["DDIM"] * 1.7 <= 120
+    fast = fitted_defaults(0.002, models=2)
+    assert fast.steps == {name: limits.default for name, limits in STEP_RANGES.items()} and fast.images == 4
+
+
+def test_a_model_fine_tuned_from_a_bundled_base_is_compared_with_it(tmp_path):
+    """A card naming its base by bundled name (as `make demo`'s does) gets the comparison out of the box."""
+    folder = tmp_path / "from-bundled"
+    torch.manual_seed(5)
+    unet = UNet2DModel(**{**TINY_UNET_CONFIG, "sample_size": 32})  # the bundled base's size
+    DDPMPipeline(unet=unet, scheduler=DDPMScheduler(num_train_timesteps=1000)).save_pretrained(folder)
+    card_data = ModelCardData(**{BUNDLED_BASE_MODEL_KEY: "tiny-textures-32"})
+    ModelCard.from_template(card_data, template_str="---\n{{ card_data }}\n---\n# Tiny\n").save(folder / "README.md")
+    with pytest.MonkeyPatch.context() as env:
+        env.setenv("GRADIO_ANALYTICS_ENABLED", "False")
+        demo = build_demo(str(folder), device=DEVICE, examples_cache="off")
+        demo.launch(server_name="127.0.0.1", server_port=free_port(), prevent_thread_lock=True, quiet=True)
+    try:
+        client = Client(demo.local_url, download_files=str(tmp_path / "downloads"), verbose=False)
+        result = client.predict(scheduler="DDIM", num_inference_steps=2, num_images=1, seed=2, api_name="/generate")
+    finally:
+        demo.close()
+    expected = {
+        "from-bundled": expected_images(str(folder), "DDIM", 2, [2]),
+        "tiny-textures-32": expected_images("tiny-textures-32", "DDIM", 2, [2]),
+    }
+    check_served_jpegs(result, expected, "DDIM", [2])
+    assert "than the base model **tiny-textures-32**" in result[2]
+
+
 def test_revision_and_default_model(client, models):
     """A tag is served as that revision; the model defaults to the one the Space was started with."""
     tagged = client.predict(
@@ -208,8 +323,10 @@ def test_bad_inputs_are_refused_and_the_app_keeps_serving(client, models):
     valid = dict(model_id=models.finetuned, scheduler="DDIM", num_inference_steps=2, num_images=1, seed=0)
     bad_requests = [
         (dict(num_inference_steps=500), "DDIM takes between 1 and 250 inference steps"),
-        (dict(num_inference_steps=5000), "greater than maximum value 1000"),
+        (dict(num_inference_steps=5000), "DDIM takes between 1 and 250 inference steps here; you asked for 5000"),
         (dict(scheduler="PNDM", num_inference_steps=2), "PNDM takes between 4 and 250"),
+        (dict(scheduler="PNDM", num_inference_steps=5000), "PNDM takes between 4 and 250"),
+        (dict(scheduler="PNDM", num_inference_steps=0), "PNDM takes between 4 and 250"),
         (dict(num_images=9), "greater than maximum value 8"),
         (dict(num_images=0), "less than minimum value 1"),
         (dict(scheduler="Euler"), "not in the list of choices"),
@@ -251,7 +368,7 @@ def test_allow_list_and_a_local_default_model(models, tiny_pipeline_dir, tmp_pat
     """A local default model is served under its folder's name: its path never reaches a visitor."""
     with pytest.MonkeyPatch.context() as env:
         env.setenv("GRADIO_ANALYTICS_ENABLED", "False")
-        demo = build_demo(tiny_pipeline_dir, allowed_models=[models.finetuned], device=DEVICE)
+        demo = build_demo(tiny_pipeline_dir, allowed_models=[models.finetuned], device=DEVICE, examples_cache="off")
         demo.launch(server_name="127.0.0.1", server_port=free_port(), prevent_thread_lock=True, quiet=True)
     label = Path(tiny_pipeline_dir).name
     try:
@@ -333,7 +450,7 @@ def test_traversal_and_oversized_ids_are_refused_without_touching_the_file_syste
     make_tiny_pipeline().save_pretrained(tmp_path / PROBE)
     monkeypatch.chdir(tmp_path)
     touched.clear()
-    with pytest.raises(AppError, match=f"Model '{PROBE}' was not found on the Hub|Could not download '{PROBE}'"):
+    with pytest.raises(AppError, match=f"Model '{PROBE}' was not found on the Hub|{PROBE} cannot be fetched right now"):
         client.predict(model_id=PROBE, **valid, api_name="/generate")
     assert loads == [((PROBE, None), {"hub_only": True})]
     assert [path for path in touched if PROBE in path and not path.startswith(constants.HF_HUB_CACHE)] == []
@@ -384,7 +501,13 @@ def test_deployed_space_runs_on_its_own(models, hub_server, hub_token, tmp_path,
     variables = api.get_space_variables(space_id)
     assert variables["MODEL_ID"].value == models.finetuned
     space_dir = Path(snapshot_download(space_id, repo_type="space", local_dir=tmp_path / "space"))
-    assert ModelCard.load(space_dir / "README.md").data.models == [models.finetuned, models.base]
+    card = ModelCard.load(space_dir / "README.md")
+    assert card.data.models == [models.finetuned, models.base]
+    tiny = UNet2DModel(**TINY_UNET_CONFIG)
+    assert card.data.suggested_hardware == "cpu-basic"  # 16x16, far below the size that asks for a GPU
+    assert card.data.short_description == "A 16px DDPM tuned by DDPO for smaller JPEGs, vs its base"
+    assert f"`{models.finetuned}` ({tiny.num_parameters() / 1e6:.2f} M UNet parameters, 16x16 images)" in card.text
+    assert f"compares it with `{models.base}`" in card.text and "quality 95 with 4:2:0" in card.text
 
     port = free_port()
     environment = {
@@ -413,6 +536,16 @@ def test_deployed_space_runs_on_its_own(models, hub_server, hub_token, tmp_path,
     assert "Traceback" not in output, output
 
 
+def test_the_space_card_of_the_celebahq_architecture_suggests_a_gpu():
+    """google/ddpm-celebahq-256's config (no weights): 113.67 M parameters, 256 px, a GPU suggested."""
+    facts = deploy.model_facts(str(REPO_ROOT / "tests" / "data" / "ddpm-celebahq-256-config"))
+    assert (facts.parameters, facts.image_size) == (113_673_219, 256)
+    card = SpaceCard(deploy.space_card("google/ddpm-celebahq-256", None, facts))
+    assert card.data.suggested_hardware == "t4-small" and card.data.models == ["google/ddpm-celebahq-256"]
+    assert len(card.data.short_description) <= 60 and "256px" in card.data.short_description
+    assert "no base model (its card names none)" in card.text
+
+
 def wait_for_app(url: str, server: subprocess.Popen, download_dir: Path, timeout: float = 120) -> Client:
     deadline = time.monotonic() + timeout
     while True:
@@ -425,35 +558,83 @@ def wait_for_app(url: str, server: subprocess.Popen, download_dir: Path, timeout
             time.sleep(1)
 
 
-def test_browser_generates_and_shows_byte_captions(space_url, models):
-    """Chromium opens the page, picks PNDM, clicks Generate and reads the byte captions under the images."""
+def test_an_unreachable_hub_gives_visitors_a_sentence_and_the_log_the_rest(client, monkeypatch, caplog):
+    def unreachable(*args, **kwargs):
+        raise LocalEntryNotFoundError("Connection refused while fetching the snapshot")
+
+    monkeypatch.setattr(pipelines, "snapshot_download", unreachable)
+    with pytest.raises(AppError) as error, caplog.at_level("WARNING", logger=app.__name__):
+        client.predict(model_id="someone/uncached-model", api_name="/generate")
+    assert str(error.value) == (
+        "someone/uncached-model cannot be fetched right now: the Hub does not answer this Space. Try again in a while."
+    )
+    assert "set HF_ENDPOINT" in caplog.text and "someone/uncached-model" in caplog.text
+
+
+def test_browser_streams_shows_examples_at_once_and_keeps_results_on_error(space_url, models, monkeypatch):
+    """Chromium: the steps box has DDIM's bounds at load; an example shows its cached images with no sampling;
+    a PNDM request shows its first pair while the rest is still sampling; captions fit at 1400 px; a refused
+    request leaves the images shown, and the next valid one runs."""
     if not Path(CHROMIUM).exists():
         pytest.skip(f"no Chromium at {CHROMIUM} (set CHROMIUM_PATH); CI installs Debian's chromium")
     from playwright.sync_api import expect, sync_playwright
 
+    gate = SamplingGate(monkeypatch, hold_at=1)  # nothing may be sampled while the example is shown
     with sync_playwright() as playwright:
         browser = playwright.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_ARGS)
         try:
-            page = browser.new_page(viewport={"width": 1280, "height": 900})
+            page = browser.new_page(viewport={"width": 1400, "height": 900})
             page.goto(space_url)
-            page.get_by_label("PNDM").check()
             steps = page.locator("#steps input[type=number]")
+            expect(steps).to_have_attribute("max", "250")  # DDIM's bounds, set at load
+            captions = page.locator("#gallery .caption-label")
+            page.locator("#examples tbody tr").first.click()
+            expect(captions).to_have_count(8, timeout=30_000)  # DDPM example: 4 seeds, fine-tuned and base
+            assert gate.calls == 0 and not gate.reached.is_set()
+            gate.release()
+
+            gate = SamplingGate(monkeypatch, hold_at=3)
+            page.get_by_role("radio", name="PNDM").check()
             expect(steps).to_have_value("50")  # the scheduler's default arrived
             steps.fill("4")
-            steps.press("Enter")
             images = page.locator("#num-images input[type=number]")
             images.fill("2")
             images.press("Enter")
             page.get_by_role("button", name="Generate").click()
-            captions = page.locator("#gallery .caption-label")
+            assert gate.reached.wait(60)
+            expect(captions).to_have_count(2)  # the first pair, while the second is held
+            assert gate.calls == 3
+            gate.release()
             expect(captions).to_have_count(4, timeout=60_000)
+            expect(page.locator("#summary")).not_to_contain_text("Still sampling", timeout=30_000)
             texts = captions.all_inner_texts()
+            truncated = captions.evaluate_all("labels => labels.map(label => label.scrollWidth > label.clientWidth)")
+            # One row of thumbnails: the gallery is as tall as the row, not a half-empty fixed box.
+            gallery_height = page.locator("#gallery").bounding_box()["height"]
+            thumbnail_height = page.locator("#gallery img").first.bounding_box()["height"]
             sources = [image.get_attribute("src") for image in page.locator("#gallery img").all()]
             served = [len(page.request.get(source).body()) for source in sources]
             ARTIFACTS.mkdir(exist_ok=True)
             page.screenshot(path=str(ARTIFACTS / "space.png"), full_page=True)
+
+            steps.fill("5000")
+            page.get_by_role("button", name="Generate").click()
+            expect(page.get_by_text("Value 5000 is greater than maximum value 250")).to_be_visible(timeout=30_000)
+            expect(captions).to_have_count(4)
+            assert captions.all_inner_texts() == texts
+            expect(page.locator("#gallery").get_by_text("Error")).to_have_count(0)
+            steps.fill("5")
+            page.get_by_role("button", name="Generate").click()
+            expect(page.locator("#summary")).to_contain_text("over 2 image(s)", timeout=60_000)
+            expect(page.locator("#summary")).not_to_contain_text("Still sampling", timeout=30_000)
         finally:
             browser.close()
-    assert [text.split(": ")[0] for text in texts] == ["fine-tuned", "base"] * 2, texts
-    assert all(re.fullmatch(r"[a-z-]+: [\d,]+ bytes \(\d+\.\d kB\)", text) for text in texts), texts
+    assert [text.split(": ")[0] for text in texts] == [
+        "seed 0, fine-tuned",
+        "seed 0, base",
+        "seed 1, fine-tuned",
+        "seed 1, base",
+    ], texts
+    assert truncated == [False] * 4, texts
+    assert gallery_height < 1.5 * thumbnail_height, (gallery_height, thumbnail_height)
     assert served == [caption_bytes(text) for text in texts]  # the browser gets the measured files

@@ -1,8 +1,9 @@
 """`ddpo-eval`: how many JPEG bytes a model's samples take, next to its base model's, per scheduler.
 
-Every image i is generated from its own CPU generator seeded `seed + i`, for the fine-tuned model and for
-its base alike, so image i of both models starts from the same noise (whatever the batch size or device)
-and the two sets pair up picture by picture. Bytes are measured with `training.jpeg`, the function the
+Every image i is sampled alone (batch 1) from its own CPU generator seeded `seed + i`, for the fine-tuned
+model and for its base alike, so image i of both models starts from the same noise and the two sets pair up
+picture by picture; the Space samples the same way (`pipelines.sample_image`), so a seed gives the same
+picture there on the same device, precision and thread count. Bytes are measured with `training.jpeg`, the function the
 reward uses. The JSON written here is what the model card's results table and model-index are built from:
 
     {
@@ -55,7 +56,7 @@ from ddpo_hub.training.pipelines import (
     hub_repo_id,
     load_unet_and_scheduler_config,
     read_base_model,
-    sample_seeded,
+    sample_image,
     scheduler_choice,
 )
 from ddpo_hub.training.redaction import scrub_token
@@ -174,17 +175,15 @@ def generate(
     *,
     seeds: Sequence[int],
     num_inference_steps: int,
-    batch_size: int,
     eta: float | None = None,
     progress: tqdm | None = None,
 ) -> list[Image.Image]:
-    """Sample one image per seed, in batches, each from its own CPU generator (batch-size independent)."""
+    """Sample one image per seed, each alone from its own CPU generator (`sample_image`, the Space's layout)."""
     images: list[Image.Image] = []
-    for start in range(0, len(seeds), batch_size):
-        chunk = seeds[start : start + batch_size]
-        images.extend(sample_seeded(pipeline, chunk, num_inference_steps, eta=eta))
+    for seed in seeds:
+        images.append(sample_image(pipeline, seed, num_inference_steps, eta=eta))
         if progress is not None:
-            progress.update(len(chunk))
+            progress.update(1)
     return images
 
 
@@ -196,7 +195,6 @@ def run_evaluation(
     num_images: int,
     seed: int = 0,
     num_inference_steps: dict[str, int] | None = None,
-    batch_size: int = 16,
     device: str | None = None,
     revision: str | None = None,
 ) -> tuple[dict, Samples]:
@@ -208,8 +206,6 @@ def run_evaluation(
     """
     if num_images < 1:
         raise ValueError("num_images must be at least 1.")
-    if batch_size < 1:
-        raise ValueError("batch_size must be at least 1.")
     if not schedulers:
         raise ValueError("Give at least one scheduler (ddpm, ddim, pndm).")
     if all(isinstance(sampler, EvalSampler) for sampler in schedulers):
@@ -256,7 +252,6 @@ def run_evaluation(
                     pipeline,
                     seeds=seeds,
                     num_inference_steps=sampler.num_inference_steps,
-                    batch_size=batch_size,
                     eta=sampler.eta,
                     progress=progress,
                 )
@@ -459,7 +454,6 @@ def _parser() -> argparse.ArgumentParser:
         "--num-inference-steps",
         help="One int for all schedulers or per scheduler, e.g. ddim=50,pndm=50,ddpm=1000 (default: 1000/50/50).",
     )
-    parser.add_argument("--batch-size", type=int, default=16)
     parser.add_argument("--device", help="torch device (default: cuda if available, else cpu).")
     parser.add_argument(
         "--output",
@@ -491,7 +485,6 @@ def main(argv: Sequence[str] | None = None) -> int:
             num_images=args.num_images,
             seed=args.seed,
             num_inference_steps=steps,
-            batch_size=args.batch_size,
             device=args.device,
             revision=args.revision,
         )

@@ -8,7 +8,7 @@ pipeline around the same UNet instead of swapping the scheduler on a fixed pipel
 from __future__ import annotations
 
 import os
-from collections.abc import Sequence
+from contextlib import AbstractContextManager, nullcontext
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -61,6 +61,15 @@ TINY_BASE_MODEL = BUNDLED_MODELS_DIR / "tiny-textures-32"
 """The small DDPM shipped with the project (see `training/pretrain_base.py`)."""
 
 
+LARGE_MODEL_PARAMETERS = 10_000_000
+"""UNets this large sample under bf16/fp16 where the hardware runs it natively (the Space), and their Space
+suggests a GPU; smaller ones stay in fp32, where they are fast anyway and equal fp32 sampling bit for bit."""
+
+BUNDLED_BASE_MODEL_KEY = "bundled_base_model"
+"""Card metadata naming a base model shipped with this project (e.g. `tiny-textures-32`): `base_model` takes
+Hub ids only, and a bundled model has none, so the card names it here by its bundled name."""
+
+
 class ModelLoadError(ValueError):
     """The model id or folder does not hold a loadable diffusers `UNet2DModel` pipeline."""
 
@@ -80,19 +89,37 @@ def build_pipeline(unet: UNet2DModel, scheduler_config: dict, scheduler: str) ->
     return choice.pipeline_class(unet=unet, scheduler=choice.scheduler_class.from_config(scheduler_config))
 
 
-def sample_seeded(
-    pipeline: DiffusionPipeline, seeds: Sequence[int], num_inference_steps: int, *, eta: float | None = None
-) -> list[Image.Image]:
-    """One image per seed, each drawn from its own CPU generator, so image i depends on seeds[i] alone.
+def autocast(device: torch.device | str, dtype: torch.dtype | None) -> AbstractContextManager:
+    """Mixed precision for sampling: autocast to `dtype` on `device`, or plain float32 when `dtype` is None."""
+    if dtype is None:
+        return nullcontext()
+    return torch.autocast(torch.device(device).type, dtype=dtype)
 
-    Evaluation and the Space both sample this way, so the same seed gives the same picture in both,
-    whatever the batch size. `eta` is passed to DDIM pipelines only (the others have none).
+
+def sample_image(
+    pipeline: DiffusionPipeline,
+    seed: int,
+    num_inference_steps: int,
+    *,
+    eta: float | None = None,
+    autocast_dtype: torch.dtype | None = None,
+) -> Image.Image:
+    """One image, sampled alone (batch 1) from its own CPU generator seeded `seed`.
+
+    The one sampling layout of evaluation and the Space: a batched forward may pick other kernels than a
+    batch of one, so images sampled together differ from images sampled alone by a byte or so of JPEG. Sampled
+    alone, an image depends on its seed and settings only, never on the images drawn with it; it is identical
+    for the same device, precision, torch thread count and library versions (thread count and kernels change
+    floating-point sums). `eta` is passed to DDIM pipelines only (the others have none).
     """
-    generators = [torch.Generator("cpu").manual_seed(seed) for seed in seeds]
     options = {"eta": eta} if eta is not None else {}
-    return pipeline(
-        batch_size=len(seeds), generator=generators, num_inference_steps=num_inference_steps, **options
-    ).images
+    with torch.inference_mode(), autocast(pipeline.device, autocast_dtype):
+        return pipeline(
+            batch_size=1,
+            generator=[torch.Generator("cpu").manual_seed(seed)],
+            num_inference_steps=num_inference_steps,
+            **options,
+        ).images[0]
 
 
 def bundled_models() -> dict[str, Path]:
@@ -216,8 +243,9 @@ def read_base_model(
     """The `base_model` named in a model card's metadata: what a fine-tuned model is compared with.
 
     Reads `README.md` of a folder or Hub repo; None when there is no card or it names no base model.
-    A card listing several base models (a merge) yields the first. `hub_only`: `model` is a Hub repo id,
-    never looked up on the file system.
+    A card listing several base models (a merge) yields the first; a card of a model fine-tuned from a bundled
+    model names it under `bundled_base_model`, read only when this install ships that model. `hub_only`:
+    `model` is a Hub repo id, never looked up on the file system.
     """
     source = str(model) if hub_only else resolve_model_path(model)
     folder = Path(source)
@@ -232,7 +260,9 @@ def read_base_model(
             return None
         except (HfHubHTTPError, LocalEntryNotFoundError) as error:
             raise ModelLoadError(f"Could not read the model card of {source!r}: {error}") from error
-    base_model = ModelCard.load(card_path, ignore_metadata_errors=True).data.base_model
+    data = ModelCard.load(card_path, ignore_metadata_errors=True).data
+    base_model = data.base_model
     if isinstance(base_model, list):
         base_model = base_model[0] if base_model else None
-    return base_model or None
+    bundled = data.get(BUNDLED_BASE_MODEL_KEY)
+    return base_model or (bundled if bundled in bundled_models() else None)
