@@ -5,7 +5,8 @@ Each byte count shown is the length of the file a user downloads: images are enc
 unchanged; PIL images or arrays would be re-encoded by the gallery (as WebP by default).
 
 The handler streams: each fine-tuned/base pair is shown as soon as it is sampled. Every image is sampled alone
-(`pipelines.sample_image`, as `ddpo-eval` does), so a seed gives the same picture whatever else is requested.
+(`pipelines.sample_image`, as `ddpo-eval --batch-size 1` does), so a seed gives the same picture whatever else is
+requested.
 Defaults fit the hardware: the default model's UNet pass is timed at start-up, and the steps and image count
 proposed are those whose first pair and whole request finish within `FIRST_PAIR_SECONDS` and
 `REQUEST_SECONDS`; large UNets sample under bf16 (fp16 on GPUs without bf16) where the hardware runs it.

@@ -53,26 +53,28 @@ def test_bad_arguments_are_rejected(tiny_pipeline_dir):
         run_evaluation(tiny_pipeline_dir, None, schedulers=["pndm"], num_images=1, num_inference_steps={"pndm": 3})
 
 
-def test_each_image_starts_from_the_noise_of_its_seed(tiny_pipeline_dir):
+@pytest.mark.parametrize("batch_size", [1, 3])
+def test_each_image_starts_from_the_noise_of_its_seed(tiny_pipeline_dir, batch_size):
     pipeline = DDIMPipeline.from_pretrained(tiny_pipeline_dir)
     pipeline.set_progress_bar_config(disable=True)
     first_inputs = []
     calls = {"n": 0}
 
     def record_first_step(module, args):
-        if calls["n"] % 2 == 0:  # 2 steps per image: the first input of each image is its starting noise
+        if calls["n"] % 2 == 0:  # 2 steps per batch: the first input of each batch is its starting noise
             first_inputs.append(args[0].clone())
         calls["n"] += 1
 
     pipeline.unet.register_forward_pre_hook(record_first_step)
-    generate(pipeline, seeds=[5, 6, 7], num_inference_steps=2)
+    generate(pipeline, seeds=[5, 6, 7], num_inference_steps=2, batch_size=batch_size)
     noise = torch.cat(first_inputs)
     expected = torch.cat([torch.randn((1, 3, 16, 16), generator=torch.Generator().manual_seed(s)) for s in (5, 6, 7)])
     assert torch.equal(noise, expected)
 
 
-def test_an_image_depends_on_its_seed_not_on_the_seeds_drawn_with_it(tiny_pipeline_dir, model_dir):
-    kwargs = dict(schedulers=["ddpm", "pndm"], num_inference_steps=STEPS, device="cpu")
+def test_sampled_alone_an_image_depends_on_its_seed_not_on_the_seeds_drawn_with_it(tiny_pipeline_dir, model_dir):
+    """`--batch-size 1`, the Space's layout: image i is the same picture whatever else was evaluated."""
+    kwargs = dict(schedulers=["ddpm", "pndm"], num_inference_steps=STEPS, device="cpu", batch_size=1)
     _, three = run_evaluation(model_dir, tiny_pipeline_dir, num_images=3, seed=4, **kwargs)
     _, two = run_evaluation(model_dir, tiny_pipeline_dir, num_images=2, seed=5, **kwargs)
     for key, by_role in two.items():

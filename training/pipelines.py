@@ -8,6 +8,7 @@ pipeline around the same UNet instead of swapping the scheduler on a fixed pipel
 from __future__ import annotations
 
 import os
+from collections.abc import Sequence
 from contextlib import AbstractContextManager, nullcontext
 from dataclasses import dataclass
 from pathlib import Path
@@ -96,6 +97,32 @@ def autocast(device: torch.device | str, dtype: torch.dtype | None) -> AbstractC
     return torch.autocast(torch.device(device).type, dtype=dtype)
 
 
+def sample_images(
+    pipeline: DiffusionPipeline,
+    seeds: Sequence[int],
+    num_inference_steps: int,
+    *,
+    eta: float | None = None,
+    autocast_dtype: torch.dtype | None = None,
+) -> list[Image.Image]:
+    """One image per seed, sampled together, each from its own CPU generator: image i starts from seeds[i]'s noise.
+
+    A batched forward may pick other kernels than a batch of one, so an image sampled in a batch can differ from
+    the same seed sampled alone by a byte or so of JPEG; sampled alone (`sample_image`, what the Space does, and
+    `ddpo-eval --batch-size 1`), an image depends on its seed and settings only. Either way it is identical for
+    the same batch layout, device, precision, torch thread count and library versions (thread count and
+    kernels change floating-point sums). `eta` is passed to DDIM pipelines only (the others have none).
+    """
+    options = {"eta": eta} if eta is not None else {}
+    with torch.inference_mode(), autocast(pipeline.device, autocast_dtype):
+        return pipeline(
+            batch_size=len(seeds),
+            generator=[torch.Generator("cpu").manual_seed(seed) for seed in seeds],
+            num_inference_steps=num_inference_steps,
+            **options,
+        ).images
+
+
 def sample_image(
     pipeline: DiffusionPipeline,
     seed: int,
@@ -104,22 +131,8 @@ def sample_image(
     eta: float | None = None,
     autocast_dtype: torch.dtype | None = None,
 ) -> Image.Image:
-    """One image, sampled alone (batch 1) from its own CPU generator seeded `seed`.
-
-    The one sampling layout of evaluation and the Space: a batched forward may pick other kernels than a
-    batch of one, so images sampled together differ from images sampled alone by a byte or so of JPEG. Sampled
-    alone, an image depends on its seed and settings only, never on the images drawn with it; it is identical
-    for the same device, precision, torch thread count and library versions (thread count and kernels change
-    floating-point sums). `eta` is passed to DDIM pipelines only (the others have none).
-    """
-    options = {"eta": eta} if eta is not None else {}
-    with torch.inference_mode(), autocast(pipeline.device, autocast_dtype):
-        return pipeline(
-            batch_size=1,
-            generator=[torch.Generator("cpu").manual_seed(seed)],
-            num_inference_steps=num_inference_steps,
-            **options,
-        ).images[0]
+    """One image, sampled alone (batch 1) from its own CPU generator: it depends on its seed and settings only."""
+    return sample_images(pipeline, [seed], num_inference_steps, eta=eta, autocast_dtype=autocast_dtype)[0]
 
 
 def bundled_models() -> dict[str, Path]:
