@@ -53,7 +53,7 @@ from huggingface_hub.utils import validate_repo_id
 from PIL import Image
 
 from ddpo_hub.training.fidelity import fidelity_to_base, ssim_to_base
-from ddpo_hub.training.jpeg import encode_jpeg
+from ddpo_hub.training.jpeg import JPEG_QUALITY, JPEG_SUBSAMPLING, encode_jpeg
 from ddpo_hub.training.pipelines import (
     LARGE_MODEL_PARAMETERS,
     SCHEDULERS,
@@ -722,7 +722,7 @@ def build_demo(
             "# DDPO: diffusion images that compress well\n"
             "A DDPM fine-tuned with reinforcement learning (DDPO) so its samples make smaller JPEG files, "
             "and, when its card names one, its base model from the same seeds. Sizes are the exact files you "
-            "download (JPEG quality 95, 4:2:0), measured like the training reward."
+            f"download (JPEG quality {JPEG_QUALITY}, {JPEG_SUBSAMPLING}), measured like the training reward."
         )
         with gr.Row():
             with gr.Column(scale=1, min_width=280):

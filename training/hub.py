@@ -416,7 +416,7 @@ class HubPublisher:
         """`HTTP <status>: <server message>` or `the connection to the Hub failed (...)`, token masked."""
         status = _status(error)
         if status is not None:
-            cause = next(e for e in _chain(error) if isinstance(e, HfHubHTTPError))
+            cause = _http_error(error)
             server = getattr(cause, "server_message", None) or str(cause).splitlines()[0]
             detail = f"HTTP {status}: {server}"
             if status in (401, 403):
@@ -456,11 +456,14 @@ def _chain(error: BaseException) -> Iterator[BaseException]:
         error = error.__cause__ or error.__context__
 
 
+def _http_error(error: BaseException) -> HfHubHTTPError | None:
+    """The HTTP error with a response behind `error`, if any (itself or what caused it)."""
+    return next((e for e in _chain(error) if isinstance(e, HfHubHTTPError) and e.response is not None), None)
+
+
 def _status(error: BaseException) -> int | None:
-    for cause in _chain(error):
-        if isinstance(cause, HfHubHTTPError) and cause.response is not None:
-            return cause.response.status_code
-    return None
+    cause = _http_error(error)
+    return None if cause is None else cause.response.status_code
 
 
 def is_transient(error: BaseException) -> bool:

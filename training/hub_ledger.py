@@ -18,6 +18,7 @@ import os
 import shutil
 import threading
 import uuid
+from collections.abc import Callable
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
@@ -89,7 +90,7 @@ class PushLedger:
     def staging_dir(self, entry: PushEntry) -> Path:
         return self.queue / entry.marker.removeprefix(MARKER_PREFIX).strip()
 
-    def stage(self, entry: PushEntry, stage_files) -> PushEntry:
+    def stage(self, entry: PushEntry, stage_files: Callable[[Path], None]) -> PushEntry:
         """Copy an epoch's files with `stage_files(folder)` into the queue, then record the entry as staged.
 
         An entry for the same repo, branch and epoch is replaced (its marker kept: a resumed run re-creates an
@@ -138,7 +139,10 @@ class PushLedger:
             needed = {self.staging_dir(entry) for entry in self.entries if entry.state == STAGED}
         stale = [path for path in self.queue.iterdir() if path not in needed]
         for path in stale:
-            shutil.rmtree(path, ignore_errors=True) if path.is_dir() else path.unlink(missing_ok=True)
+            if path.is_dir():
+                shutil.rmtree(path, ignore_errors=True)
+            else:
+                path.unlink(missing_ok=True)
         return stale
 
 
