@@ -7,7 +7,7 @@ BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 CHROMIUM ?= /usr/bin/chromium
 
-.PHONY: setup demo test lint browser clean
+.PHONY: setup demo test lint conflict-markers browser clean
 
 setup: $(STAMP)
 
@@ -30,12 +30,18 @@ browser:
 		apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium >/dev/null; \
 	fi
 
-test: $(STAMP) browser
+test: $(STAMP) browser conflict-markers
 	$(BIN)/ruff check .
 	$(BIN)/python -m pytest
 
-lint: $(STAMP)
+lint: $(STAMP) conflict-markers
 	$(BIN)/ruff check .
+
+# A merge's conflict markers (a line starting with <<<<<<< or >>>>>>>, or exactly =======) in a tracked text
+# file fail the build: one once reached the README, which is also the wheel's long description.
+conflict-markers:
+	@if git grep -nIE '^(<{7}|>{7})( |$$)|^={7}$$' -- . ; then \
+		echo "Conflict markers found (above): resolve the merge before committing."; exit 1; fi
 
 clean:
 	rm -rf $(VENV) runs tests/artifacts

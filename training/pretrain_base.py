@@ -33,6 +33,7 @@ from diffusers.training_utils import EMAModel
 from PIL import Image
 from tqdm.auto import tqdm
 
+from ddpo_hub.training.emoji_data import EmojiDataset
 from ddpo_hub.training.extras import require_extra
 
 if TYPE_CHECKING:
@@ -160,6 +161,7 @@ def train(
     low_timestep_fraction: float = 0.0,
     low_timestep_max: int = 100,
     lr_scheduler: str = "cosine",
+    weights: torch.Tensor | None = None,
 ) -> list[float]:
     """Train `unet` to predict the noise added to `images` (uint8); leaves the EMA weights in `unet`.
 
@@ -172,6 +174,7 @@ def train(
     `time_limit` (seconds) ends training early on a shared or lent machine; the learning-rate schedule still
     spans `steps`, so such a run is a shorter prefix of the full one, and it says so. `lr_scheduler` is a name
     from `LR_SCHEDULERS`; a constant rate suits a continuation that should keep learning to its last step.
+    `weights` (one per image) draws images by weight instead of uniformly: the emoji set's balanced groups.
     """
     num_train_timesteps = scheduler.config.num_train_timesteps
     if not 0.0 <= low_timestep_fraction <= 1.0:
@@ -194,7 +197,11 @@ def train(
     # GPU and draws the next batch while the current one trains.
     pin = torch.device(device).type == "cuda"
     for step in progress:
-        index = torch.randint(0, len(images), (batch_size,), generator=generator, pin_memory=pin)
+        if weights is None:
+            index = torch.randint(0, len(images), (batch_size,), generator=generator, pin_memory=pin)
+        else:
+            index = torch.multinomial(weights, batch_size, replacement=True, generator=generator)
+            index = index.pin_memory() if pin else index
         clean = images[index.to(device, non_blocking=pin)].float() / 127.5 - 1.0
         flip = torch.rand(batch_size, generator=generator, pin_memory=pin).to(device, non_blocking=pin) < 0.5
         clean = torch.where(flip[:, None, None, None], clean.flip(-1), clean)
@@ -231,6 +238,12 @@ def train(
 def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--output-dir", type=Path, default=Path("training/base_models/tiny-textures-32"))
+    parser.add_argument(
+        "--emoji-data",
+        type=Path,
+        help="train on this emoji data set (`python -m ddpo_hub.training.emoji_data`), groups balanced, "
+        "instead of texture crops",
+    )
     parser.add_argument("--num-images", type=int, default=30_000, help="size of the crop data set")
     parser.add_argument("--size", type=int, default=32)
     parser.add_argument("--channels", type=int, nargs="+", default=[16, 32, 64, 64], help="UNet block widths")
@@ -261,12 +274,19 @@ def main(argv: Sequence[str] | None = None) -> None:
     torch.set_num_threads(args.threads)
     torch.manual_seed(args.seed)
     start = time.perf_counter()
-    images = dataset_to_tensor(build_texture_dataset(args.num_images, args.size, args.seed))
-    print(f"data set: {len(images)} crops of {args.size}x{args.size} in {time.perf_counter() - start:.0f}s")
+    weights = None
+    if args.emoji_data:
+        emoji = EmojiDataset.load(args.emoji_data)
+        images = torch.from_numpy(emoji.images).permute(0, 3, 1, 2).contiguous()
+        weights = torch.from_numpy(emoji.weights)
+        print(f"data set: {len(images)} emoji of {images.shape[-1]}x{images.shape[-1]} from {args.emoji_data}")
+    else:
+        images = dataset_to_tensor(build_texture_dataset(args.num_images, args.size, args.seed))
+        print(f"data set: {len(images)} crops of {args.size}x{args.size} in {time.perf_counter() - start:.0f}s")
     if args.init_from:
         unet = UNet2DModel.from_pretrained(args.init_from, subfolder="unet")
     else:
-        unet = make_unet(args.size, args.channels)
+        unet = make_unet(images.shape[-1], args.channels)
     print(f"UNet: {sum(p.numel() for p in unet.parameters()) / 1e6:.2f}M parameters")
     scheduler = make_scheduler()
     train(
@@ -284,6 +304,7 @@ def main(argv: Sequence[str] | None = None) -> None:
         low_timestep_fraction=args.low_timestep_fraction,
         low_timestep_max=args.low_timestep_max,
         lr_scheduler=args.lr_scheduler,
+        weights=weights,
     )
     DDPMPipeline(unet=unet, scheduler=scheduler).save_pretrained(args.output_dir, safe_serialization=True)
     print(f"saved {args.output_dir} after {time.perf_counter() - start:.0f}s")
