@@ -183,11 +183,13 @@ def cut_vs_ssim(
     *,
     title: str = "JPEG cut against same-seed SSIM to the base",
     target: tuple[float, float] | None = None,
+    x_label: str = "same-seed SSIM to the base model",
 ) -> Image.Image:
     """The fidelity frontier: one curve per method of (SSIM to base, JPEG cut in %) points, e.g. one per epoch.
 
     Up and to the right is better: more bytes saved while the pictures stay the base's. `target` marks a
-    (minimum SSIM, minimum cut) corner with dashed lines.
+    (minimum SSIM, minimum cut) corner with dashed lines. Any other same-seed figure where 1 means "as the base"
+    (the share of subjects kept, say) can take SSIM's place, named by `x_label`.
     """
     width, height = 900, 560
     left, top, right, bottom = 110, 60, width - 250, height - 80
@@ -228,9 +230,7 @@ def cut_vs_ssim(
         draw.rectangle([right + 20, legend_y - 6, right + 34, legend_y + 6], fill=color)
         draw.text((right + 42, legend_y), name, fill=_INK, font=small, anchor="lm")
     draw.rectangle([left, top, right, bottom], outline=_INK)
-    draw.text(
-        ((left + right) / 2, bottom + 40), "same-seed SSIM to the base model", fill=_INK, font=medium, anchor="mm"
-    )
+    draw.text(((left + right) / 2, bottom + 40), x_label, fill=_INK, font=medium, anchor="mm")
     label = Image.new("RGBA", (int(bottom - top), 24), (0, 0, 0, 0))
     ImageDraw.Draw(label).text((label.width / 2, 12), "JPEG cut vs base (%)", fill=_INK, font=medium, anchor="mm")
     rotated = label.rotate(90, expand=True)

@@ -49,7 +49,13 @@ FIDELITY_METRICS = {
     "ssim_to_base": "Same-seed SSIM to the base model",
     "diversity_vs_base": "Diversity vs base model",
     "colour_spread_vs_base": "Colour spread vs base model",
+    "edge_sharpness_vs_base": "Edge sharpness vs base model",
+    "subject_kept": "Share of seeds whose subject the base's judge still sees",
+    "subject_rate": "Share of images the base's judge calls a subject",
+    "kid_to_base": "KID to the base model in the judge's features",
 }
+DATA_NOTICE = "NOTICE"
+"""A base model folder's file with its training data's licence and attribution, which every card repeats."""
 _SECRET_KEY = re.compile(r"token|secret|password", re.IGNORECASE)
 
 REWARD_DESCRIPTIONS = {
@@ -264,6 +270,13 @@ def _figures(run: Run, evaluation: dict | None, eval_root: Path) -> dict[str, Ca
     if run.metrics and all("ssim_to_base" in row and "jpeg_change_vs_base" in row for row in run.metrics):
         points = [(1.0, 0.0)] + [(row["ssim_to_base"], -100 * row["jpeg_change_vs_base"]) for row in run.metrics]
         drawn["frontier.png"] = lambda: figures.cut_vs_ssim({"this run (epoch 0 = base)": points})
+    if run.metrics and all("subject_kept" in row and "jpeg_change_vs_base" in row for row in run.metrics):
+        kept = [(1.0, 0.0)] + [(row["subject_kept"], -100 * row["jpeg_change_vs_base"]) for row in run.metrics]
+        drawn["subject_frontier.png"] = lambda: figures.cut_vs_ssim(
+            {"this run (epoch 0 = base)": kept},
+            title="JPEG cut against the share of seeds that keep their subject",
+            x_label="subject kept (the base's judge, same seeds)",
+        )
     for key, entry in (evaluation or {}).get("schedulers", {}).items():
         grid = entry.get("grid")
         if grid and (eval_root / grid["path"]).is_file():
@@ -271,6 +284,20 @@ def _figures(run: Run, evaluation: dict | None, eval_root: Path) -> dict[str, Ca
             path = eval_root / grid["path"]
             drawn[f"eval_{key}.png"] = lambda path=path, labels=labels: figures.labelled_rows(Image.open(path), labels)
     return drawn
+
+
+def _subject_rate(figures: dict) -> str:
+    """`0.91 (base 0.95)`, or a dash without a judge."""
+    if "subject_rate" not in figures:
+        return _number(None)
+    return f"{figures['subject_rate']:.2f} (base {figures['base_subject_rate']:.2f})"
+
+
+def data_notice(run: Run) -> str | None:
+    """The base's training-data notice (`NOTICE` in its folder), which a model fine-tuned from it repeats."""
+    folder = run.base_model_path
+    path = Path(folder) / DATA_NOTICE if folder else None
+    return path.read_text(encoding="utf-8").strip() if path and path.is_file() else None
 
 
 def _epoch_label(epoch: int) -> str:
@@ -296,12 +323,17 @@ def _evaluation_context(evaluation: dict, image_names: set[str]) -> dict:
                 "ssim": _number((entry.get("fidelity") or {}).get("ssim_to_base"), ".2f"),
                 "diversity": _number((entry.get("fidelity") or {}).get("diversity_vs_base"), ".2f"),
                 "colour_spread": _number((entry.get("fidelity") or {}).get("colour_spread_vs_base"), ".2f"),
+                "edges": _number((entry.get("fidelity") or {}).get("edge_sharpness_vs_base"), ".2f"),
+                "subject_kept": _number((entry.get("fidelity") or {}).get("subject_kept"), ".2f"),
+                "subject_rate": _subject_rate(entry.get("fidelity") or {}),
+                "kid": _number((entry.get("fidelity") or {}).get("kid_to_base"), ".3f"),
                 "grid": f"{IMAGES_DIR}/eval_{key}.png" if f"eval_{key}.png" in image_names else None,
                 "grid_seeds": _seed_range(grid["seeds"]) if grid else "",
             }
         )
     return {
         "rows": rows,
+        "judged": any("subject_kept" in (entry.get("fidelity") or {}) for entry in evaluation["schedulers"].values()),
         "num_images": evaluation["num_images"],
         "seeds": _seed_range(evaluation["seeds"]),
         "jpeg_quality": evaluation["jpeg"]["quality"],
@@ -358,6 +390,9 @@ def _render(run: Run, *, repo_id: str | None, evaluation: dict | None, license: 
         "training_scheduler": str(run.config.get("scheduler", "ddim")).upper(),
         "curve": f"{IMAGES_DIR}/training_curves.png" if "training_curves.png" in drawn else None,
         "frontier": f"{IMAGES_DIR}/frontier.png" if "frontier.png" in drawn else None,
+        "subject_frontier": f"{IMAGES_DIR}/subject_frontier.png" if "subject_frontier.png" in drawn else None,
+        "data_notice": data_notice(run),
+        "judged_epochs": bool(run.metrics) and all("subject_kept" in row for row in run.metrics),
         "fidelity_images": run.config.get("fidelity_num_images"),
         "metrics_rows": [
             {
@@ -371,6 +406,9 @@ def _render(run: Run, *, repo_id: str | None, evaluation: dict | None, license: 
                 "ssim_to_base": _number(row.get("ssim_to_base"), ".3f"),
                 "diversity_vs_base": _number(row.get("diversity_vs_base"), ".3f"),
                 "colour_spread_vs_base": _number(row.get("colour_spread_vs_base"), ".3f"),
+                "edge_sharpness_vs_base": _number(row.get("edge_sharpness_vs_base"), ".3f"),
+                "subject_kept": _number(row.get("subject_kept"), ".3f"),
+                "kid_to_base": _number(row.get("kid_to_base"), ".3g"),
                 "kl_to_base": _number(row.get("kl_to_base"), ".3g"),
                 "seconds": _number(row.get("seconds"), ".1f"),
             }

@@ -52,8 +52,9 @@ from huggingface_hub.errors import (
 from huggingface_hub.utils import validate_repo_id
 from PIL import Image
 
-from ddpo_hub.training.fidelity import fidelity_to_base, ssim_to_base
+from ddpo_hub.training.fidelity import fidelity_to_base, ssim_to_base, subject_figures
 from ddpo_hub.training.jpeg import JPEG_QUALITY, JPEG_SUBSAMPLING, encode_jpeg
+from ddpo_hub.training.judge import SubjectJudge, load_judge
 from ddpo_hub.training.pipelines import (
     LARGE_MODEL_PARAMETERS,
     SCHEDULERS,
@@ -149,6 +150,10 @@ class LoadedModel:
     throughput: Throughput
     fingerprint: str
     """Which weights these are (the pipeline folder, its Hub commit and its weight files' sizes and times)."""
+    judge: SubjectJudge | None = None
+    """The subject judge its folder ships (bundled bases do): it judges models fine-tuned from this one."""
+    data_notice: str | None = None
+    """Its training data's licence and attribution (`NOTICE` in its folder), shown wherever it is served."""
 
     @property
     def precision(self) -> str:
@@ -349,11 +354,19 @@ class ModelCache:
                 autocast_dtype=dtype,
                 throughput=throughput,
                 fingerprint=weights_fingerprint(folder),
+                judge=load_judge(folder),
+                data_notice=read_notice(folder),
             )
             self._models[key] = loaded
             if len(self._models) > self.max_models:
                 self._models.popitem(last=False)
             return loaded
+
+
+def read_notice(folder: Path) -> str | None:
+    """A model folder's `NOTICE` (its training data's licence and attribution), if it has one."""
+    path = Path(folder) / "NOTICE"
+    return path.read_text(encoding="utf-8").strip() if path.is_file() else None
 
 
 def save_jpeg(image: Image.Image, name: str, folder: str) -> tuple[str, int]:
@@ -409,14 +422,24 @@ def summarize(
     if "diversity_vs_base" in fidelity:
         costs.append(f"diversity {fidelity['diversity_vs_base']:.2f}x")
         costs.append(f"colour spread {fidelity['colour_spread_vs_base']:.2f}x the base's")
+    if "edge_sharpness_vs_base" in fidelity:
+        costs.append(f"edge sharpness {fidelity['edge_sharpness_vs_base']:.2f}x")
+    if "subject_kept" in fidelity:
+        costs.append(f"the base's judge sees the same subject in {fidelity['subject_kept']:.0%} of the seeds")
+    if "kid_to_base" in fidelity:
+        costs.append(f"KID to base {fidelity['kid_to_base']:.3f}")
     return f"{line}; {', '.join(costs)}."
 
 
-def fidelity_figures(images: Sequence[Image.Image], base_images: Sequence[Image.Image]) -> dict[str, float]:
-    """The fidelity figures of `training.fidelity` for one request (diversity needs two images or more)."""
+def fidelity_figures(
+    images: Sequence[Image.Image], base_images: Sequence[Image.Image], judge: SubjectJudge | None = None
+) -> dict[str, float]:
+    """The fidelity figures of `training.fidelity` for one request (diversity and KID need two images or more),
+    with the subject figures where the base ships a `judge`."""
     if len(images) >= 2:
-        return fidelity_to_base(images, base_images)
-    return {"ssim_to_base": ssim_to_base(images, base_images)}
+        return fidelity_to_base(images, base_images, judge)
+    figures = {"ssim_to_base": ssim_to_base(images, base_images)}
+    return figures | subject_figures(images, base_images, judge) if judge is not None else figures
 
 
 def duration_text(seconds: float) -> str:
@@ -451,7 +474,7 @@ def pairs_summary(
         sizes[request.label],
         request.base_label,
         sizes[request.base_label] if request.base else [],
-        fidelity_figures(images[request.label], base_images) if request.base else None,
+        fidelity_figures(images[request.label], base_images, request.base.judge) if request.base else None,
     )
     if compare_with_base and not request.model.base_model:
         summary += " Its model card names no `base_model`, so there is nothing to compare with."
@@ -717,12 +740,15 @@ def build_demo(
         if default_model.base_model
         else "This model's card names no base model: only its own images are shown."
     )
+    base_folder = bundled_models().get(default_model.base_model or "")
+    notices = [notice for notice in (default_model.data_notice, base_folder and read_notice(base_folder)) if notice]
     with gr.Blocks(title="DDPO JPEG compressibility", delete_cache=(3600, 3600)) as demo:
         gr.Markdown(
             "# DDPO: diffusion images that compress well\n"
             "A DDPM fine-tuned with reinforcement learning (DDPO) so its samples make smaller JPEG files, "
             "and, when its card names one, its base model from the same seeds. Sizes are the exact files you "
             f"download (JPEG quality {JPEG_QUALITY}, {JPEG_SUBSAMPLING}), measured like the training reward."
+            + "".join(f"\n\n*{notice}*" for notice in notices)
         )
         with gr.Row():
             with gr.Column(scale=1, min_width=280):

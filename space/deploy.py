@@ -29,7 +29,7 @@ from ddpo_hub.training.pipelines import (
 
 SPACE_DIR = Path(__file__).resolve().parent
 APP_FILES = ("app.py", "requirements.txt")
-TRAINING_MODULES = ("__init__.py", "jpeg.py", "pipelines.py", "fidelity.py")
+TRAINING_MODULES = ("__init__.py", "jpeg.py", "pipelines.py", "fidelity.py", "judge.py", "emoji_data.py")
 """The part of the `ddpo_hub.training` package that `app.py` imports."""
 SPACE_PACKAGE_DIR = "ddpo_hub/training"
 """Where those modules go in the Space repo (a namespace package `ddpo_hub`, as installed)."""

@@ -76,12 +76,12 @@ def test_colour_spread_is_the_std_of_the_images_mean_colours():
 def test_against_itself_a_set_costs_nothing_and_a_flat_set_loses_diversity_and_colour():
     images = _images(3, count=6)
     assert fidelity_to_base(images, images) == pytest.approx(
-        {"ssim_to_base": 1.0, "diversity_vs_base": 1.0, "colour_spread_vs_base": 1.0}
+        {"ssim_to_base": 1.0, "diversity_vs_base": 1.0, "colour_spread_vs_base": 1.0, "edge_sharpness_vs_base": 1.0}
     )
     flat = [Image.new("RGB", (16, 16), (90, 60, 160))] * 6
     cost = fidelity_to_base(flat, images)
     assert cost["diversity_vs_base"] == 0.0 and cost["colour_spread_vs_base"] == pytest.approx(0.0, abs=1e-12)
-    assert cost["ssim_to_base"] < 0.1
+    assert cost["ssim_to_base"] < 0.1 and cost["edge_sharpness_vs_base"] == pytest.approx(0.0, abs=1e-12)
     with pytest.raises(ValueError, match="Cannot pair"):
         ssim_to_base(images[:2], images[:3])
 

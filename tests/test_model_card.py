@@ -136,7 +136,7 @@ def test_results_table_and_model_index_match_the_eval_json(evaluated_run, tiny_p
     rows = _table(card.text, "| Scheduler |")
     assert [row[0] for row in rows] == ["DDPM", "DDIM", "PNDM"]
     for row, (key, entry) in zip(rows, results["schedulers"].items(), strict=True):
-        name, steps, images, seeds, base_mean, base_median, mean, median, change, ssim, diversity, spread = row
+        name, steps, images, seeds, base_mean, base_median, mean, median, change, ssim, diversity, spread, edges = row
         assert (name, int(steps), int(images), seeds) == (key.upper(), entry["num_inference_steps"], 3, "7–9")
         assert float(base_mean.replace(",", "")) == pytest.approx(entry["base"]["mean"], abs=0.05)
         assert float(base_median.replace(",", "")) == entry["base"]["median"]
@@ -144,9 +144,16 @@ def test_results_table_and_model_index_match_the_eval_json(evaluated_run, tiny_p
         assert float(median.replace(",", "")) == entry["model"]["median"]
         assert float(change.rstrip("%")) == pytest.approx(100 * entry["mean_change"], abs=0.05)
         fidelity = entry["fidelity"]
-        assert [float(ssim), float(diversity), float(spread)] == pytest.approx(
-            [fidelity["ssim_to_base"], fidelity["diversity_vs_base"], fidelity["colour_spread_vs_base"]], abs=0.005
+        assert [float(ssim), float(diversity), float(spread), float(edges)] == pytest.approx(
+            [
+                fidelity["ssim_to_base"],
+                fidelity["diversity_vs_base"],
+                fidelity["colour_spread_vs_base"],
+                fidelity["edge_sharpness_vs_base"],
+            ],
+            abs=0.005,
         )
+        assert "subject_kept" not in fidelity  # a base without a judge: the subject figures are absent
 
     index = {(r.dataset_config, r.metric_type): r.metric_value for r in card.data.eval_results}
     assert index == {

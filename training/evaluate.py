@@ -22,7 +22,10 @@ reward uses. The JSON written here is what the model card's results table and mo
           "base": {...same keys...},                     # absent when evaluated without a base
           "mean_change": -0.37,                          # model mean / base mean - 1 (with a base only)
           "fidelity": {"ssim_to_base": 0.71, "diversity_vs_base": 0.95,   # same seeds, with a base only
-                       "colour_spread_vs_base": 0.98},                    # (see training/fidelity.py)
+                       "colour_spread_vs_base": 0.98,                     # (see training/fidelity.py)
+                       "edge_sharpness_vs_base": 0.91,
+                       "subject_rate": 0.92, "base_subject_rate": 0.95,   # these four only where the
+                       "subject_kept": 0.94, "kid_to_base": 0.012},       # base ships a subject judge
           "grid": {"path": "eval_images/ddim.png", "rows": ["base", "model"], "seeds": [0, ..., 7]}
         },                                               # "grid" is relative to the JSON's folder
         "ddpm": {...}, "pndm": {...}
@@ -51,10 +54,12 @@ from tqdm.auto import tqdm
 
 from ddpo_hub.training import jpeg
 from ddpo_hub.training.extras import require_extra
-from ddpo_hub.training.fidelity import fidelity_to_base
+from ddpo_hub.training.fidelity import describe, fidelity_to_base
+from ddpo_hub.training.judge import load_judge
 from ddpo_hub.training.pipelines import (
     ModelLoadError,
     build_pipeline,
+    fetch_pipeline_folder,
     hub_repo_id,
     load_unet_and_scheduler_config,
     read_base_model,
@@ -269,10 +274,11 @@ def run_evaluation(
     finally:
         progress.close()
 
+    judge = load_judge(fetch_pipeline_folder(base)) if base else None
     for key, entry in results["schedulers"].items():
         if "base" in entry:
             entry["mean_change"] = entry["model"]["mean"] / entry["base"]["mean"] - 1
-            entry["fidelity"] = fidelity_to_base(samples[key]["model"], samples[key]["base"])
+            entry["fidelity"] = fidelity_to_base(samples[key]["model"], samples[key]["base"], judge)
     return results, samples
 
 
@@ -361,14 +367,8 @@ def _display_name(model: str | None) -> str | None:
 
 
 def fidelity_text(entry: dict) -> str:
-    """`SSIM to base 0.71, diversity 0.95, colour spread 0.98` for one scheduler's evaluation entry."""
-    fidelity = entry.get("fidelity") or {}
-    if not fidelity:
-        return ""
-    return (
-        f"SSIM to base {fidelity['ssim_to_base']:.2f}, diversity {fidelity['diversity_vs_base']:.2f}, "
-        f"colour spread {fidelity['colour_spread_vs_base']:.2f}"
-    )
+    """`fidelity.describe` of one scheduler's evaluation entry (empty without a base)."""
+    return describe(entry.get("fidelity") or {})
 
 
 def _run_sampler(model: str) -> tuple[str, int, float] | None:

@@ -33,8 +33,9 @@ from tqdm.auto import tqdm
 
 from ddpo_hub.training.advantages import RewardStatTracker, compute_advantages
 from ddpo_hub.training.config import DDPOConfig
-from ddpo_hub.training.fidelity import fidelity_to_base
+from ddpo_hub.training.fidelity import describe, fidelity_to_base
 from ddpo_hub.training.jpeg import jpeg_sizes
+from ddpo_hub.training.judge import load_judge
 from ddpo_hub.training.losses import gaussian_kl, ppo_clip_loss
 from ddpo_hub.training.performance import TrainingGraph, compile_policy, enable_tf32, use_channels_last
 from ddpo_hub.training.pipelines import fetch_pipeline_folder, load_unet_and_scheduler_config, resolve_model_path
@@ -141,6 +142,8 @@ class DDPOTrainer:
         with self.accelerator.main_process_first():
             folder = fetch_pipeline_folder(config.base_model, revision=config.base_model_revision)
             unet, self.scheduler_config = load_unet_and_scheduler_config(folder)
+        self.judge = load_judge(folder)
+        """The base's subject judge, if it ships one: the subject figures of the fixed seeds."""
         source = resolve_model_path(config.base_model)
         self.base_model_path = str(Path(source).resolve()) if Path(source).exists() else source
         self.sampler = StochasticSampler.for_run(self.scheduler_config, config)
@@ -353,8 +356,7 @@ class DDPOTrainer:
         if self.is_main:
             append_metrics(self.run_dir, row)
             costs = (
-                f", fixed seeds {row['jpeg_change_vs_base']:+.1%} JPEG at SSIM {row['ssim_to_base']:.2f}, "
-                f"diversity {row['diversity_vs_base']:.2f}, colour spread {row['colour_spread_vs_base']:.2f}"
+                f", fixed seeds {row['jpeg_change_vs_base']:+.1%} JPEG at {describe(row)}"
                 + (f", KL to base {row['kl_to_base']:.2e}" if "kl_to_base" in row else "")
                 if fidelity
                 else ""
@@ -574,7 +576,7 @@ class DDPOTrainer:
         return {
             "fidelity_jpeg_bytes_mean": float(sizes.mean()),
             "jpeg_change_vs_base": float(sizes.mean() / base_sizes.mean() - 1),
-            **fidelity_to_base(images, base_images),
+            **fidelity_to_base(images, base_images, self.judge),
             **({"kl_to_base": float(kl.mean())} if kl.numel() else {}),
         }
 
