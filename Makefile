@@ -7,7 +7,7 @@ BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 CHROMIUM ?= /usr/bin/chromium
 
-.PHONY: setup demo test lint conflict-markers browser clean
+.PHONY: setup demo test test-fast lint conflict-markers browser clean
 
 setup: $(STAMP)
 
@@ -33,6 +33,11 @@ browser:
 test: $(STAMP) browser conflict-markers
 	$(BIN)/ruff check .
 	$(BIN)/python -m pytest
+
+# The quick loop while working: everything but the tests marked slow (make test runs them all).
+test-fast: $(STAMP) conflict-markers
+	$(BIN)/ruff check .
+	$(BIN)/python -m pytest -m "not slow"
 
 lint: $(STAMP) conflict-markers
 	$(BIN)/ruff check .

@@ -78,6 +78,7 @@ def _noise(shape: tuple[int, ...], seed: int) -> torch.Tensor:
     return torch.randn(shape, generator=torch.Generator().manual_seed(seed))
 
 
+@pytest.mark.slow
 def test_inductor_compiled_rollouts_match_eager_and_rescore_with_ratio_exactly_one():
     """The production backend: rollout through the training graph, then re-score as the trainer does."""
     _fresh_dynamo()

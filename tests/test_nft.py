@@ -109,6 +109,7 @@ def test_nft_checkpoints_its_old_policy(tiny_pipeline_dir, tmp_path):
     assert all(torch.equal(old[name], value) for name, value in reloaded.old_unet.state_dict().items())
 
 
+@pytest.mark.slow
 def test_nft_raises_the_reward_of_the_bundled_model(tmp_path):
     """A few NFT epochs on the bundled base with a fixed seed push the JPEG reward up."""
     overrides = dict(

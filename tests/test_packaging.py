@@ -16,6 +16,7 @@ SOURCE_PACKAGES = ("training", "model_card", "space")
 BUNDLED_WEIGHTS = "training/base_models/tiny-textures-32/unet/diffusion_pytorch_model.safetensors"
 
 
+@pytest.mark.slow
 @pytest.mark.timeout(300)
 def test_wheel_ships_only_the_ddpo_hub_package(tmp_path):
     # Built from a copy: an in-tree build would write build/ and *.egg-info into the checkout, and a stale
@@ -51,6 +52,7 @@ def test_wheel_ships_only_the_ddpo_hub_package(tmp_path):
 KEPT_OUT_OF_TRAINING = ("jinja2", "gradio", "ddpo_hub.model_card", "ddpo_hub.training.hub")
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize(
     "hidden, kept_out",
     [

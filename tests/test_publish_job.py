@@ -113,6 +113,7 @@ def test_bad_token_fails_before_training(hub_server, tiny_pipeline_dir, tmp_path
     assert not (tmp_path / "run").exists()
 
 
+@pytest.mark.slow
 def test_local_hub_mode_publishes_and_loads_back_in_a_fresh_process(tiny_pipeline_dir, tmp_path):
     """What `make demo` runs: its own Hub server, default repo ids, the model loaded back, a short summary."""
     env = {key: value for key, value in os.environ.items() if key not in ("HF_ENDPOINT", "HF_TOKEN")}

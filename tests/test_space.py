@@ -483,6 +483,7 @@ def test_model_cache_is_bounded_and_keyed_by_revision(tiny_pipeline_dir, models)
     assert cache.get(tiny_pipeline_dir) is not first
 
 
+@pytest.mark.slow
 def test_deployed_space_runs_on_its_own(models, hub_server, hub_token, tmp_path, capsys):
     """`python -m ddpo_hub.space.deploy` makes a self-contained Space repo; `python app.py` in a copy of it serves."""
     space_id = hub_server.unique_repo_id("ddpo-demo")
@@ -571,6 +572,7 @@ def test_an_unreachable_hub_gives_visitors_a_sentence_and_the_log_the_rest(clien
     assert "set HF_ENDPOINT" in caplog.text and "someone/uncached-model" in caplog.text
 
 
+@pytest.mark.slow
 def test_browser_streams_shows_examples_at_once_and_keeps_results_on_error(space_url, models, monkeypatch):
     """Chromium: the steps box has DDIM's bounds at load; an example shows its cached images with no sampling;
     a PNDM request shows its first pair while the rest is still sampling; captions fit at 1400 px; a refused

@@ -8,6 +8,7 @@ import subprocess
 import sys
 import time
 
+import pytest
 import torch
 from diffusers import DDPMPipeline
 from huggingface_hub import HfApi, ModelCard
@@ -59,6 +60,7 @@ def test_training_pushes_each_epoch_as_one_tagged_commit_with_its_card(
         assert f"{entry['model']['mean']:,.1f}" in card.text  # the card's table shows one decimal
 
 
+@pytest.mark.slow
 def test_run_killed_while_pushing_publishes_every_epoch_when_resumed(
     hub_server, hub_token, tiny_pipeline_dir, tmp_path
 ):

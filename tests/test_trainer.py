@@ -313,6 +313,7 @@ def test_config_file_and_flags_layer_over_the_preset(tmp_path):
         parse_config(["--config", str(tmp_path / "broken.yaml")])
 
 
+@pytest.mark.slow
 def test_celebahq_preset_runs_one_tiny_epoch_on_the_real_architecture(tmp_path):
     """google/ddpm-celebahq-256's configuration with random weights (113.67 M parameters).
 
@@ -357,6 +358,7 @@ def test_celebahq_preset_runs_one_tiny_epoch_on_the_real_architecture(tmp_path):
     assert DDPMPipeline.from_pretrained(tmp_path / "run").unet.config.sample_size == 256
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("algorithm", ["ddpo", "nft"])
 def test_two_processes_gather_rewards_and_end_with_identical_weights(tiny_pipeline_dir, tmp_path, algorithm):
     out = tmp_path / "out"
@@ -389,6 +391,7 @@ def test_two_processes_gather_rewards_and_end_with_identical_weights(tiny_pipeli
     assert local[0][0] != local[1][0], "each process samples its own images"
 
 
+@pytest.mark.slow
 def test_short_run_on_the_bundled_model_raises_the_mean_reward(tmp_path):
     """The JPEG reward goes up within the tiny preset's first epochs (fixed seed): the update points the right way.
 
