@@ -7,18 +7,12 @@ test module imports it. The Hub server itself is started on that port by the `hu
 from __future__ import annotations
 
 import os
-import socket
 import tempfile
 
-
-def _free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
-
+from tests.helpers import free_port
 
 os.environ["HF_HOME"] = tempfile.mkdtemp(prefix="ddpo-hub-tests-hf-home-")
-os.environ["HF_ENDPOINT"] = f"http://127.0.0.1:{_free_port()}"
+os.environ["HF_ENDPOINT"] = f"http://127.0.0.1:{free_port()}"
 os.environ["HF_HUB_DISABLE_XET"] = "1"
 os.environ["HF_HUB_DISABLE_TELEMETRY"] = "1"
 os.environ["HF_HUB_ETAG_TIMEOUT"] = "5"

@@ -10,7 +10,6 @@ from __future__ import annotations
 import json
 import os
 import re
-import socket
 import subprocess
 import sys
 import threading
@@ -38,6 +37,7 @@ from ddpo_hub.training.jpeg import encode_jpeg, to_pil
 from ddpo_hub.training.pipelines import BUNDLED_BASE_MODEL_KEY, build_pipeline, load_unet_and_scheduler_config
 from ddpo_hub.training.rewards import jpeg_compressibility
 from tests.conftest import TINY_UNET_CONFIG, make_tiny_pipeline
+from tests.helpers import free_port
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 ARTIFACTS = REPO_ROOT / "tests" / "artifacts"
@@ -64,12 +64,6 @@ class Models:
     not_a_pipeline: str
     orphan: str
     """A pipeline whose card names a base model that does not exist."""
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
 
 
 @pytest.fixture(scope="module")

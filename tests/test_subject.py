@@ -5,12 +5,22 @@ from __future__ import annotations
 import numpy as np
 import pytest
 import torch
+from diffusers import DDIMPipeline
+from gradio_client import Client
+from huggingface_hub import ModelCard
 from PIL import Image, ImageFilter
 from scipy import ndimage
 
+from ddpo_hub.model_card.render import write_card
+from ddpo_hub.space.app import build_demo
+from ddpo_hub.training.config import resolve_config
+from ddpo_hub.training.evaluate import run_evaluation, write_evaluation
 from ddpo_hub.training.fidelity import edge_sharpness, fidelity_to_base, subject_figures
 from ddpo_hub.training.judge import CLASSES, NO_SUBJECT, SubjectJudge, draw_shapes, load_judge
 from ddpo_hub.training.pipelines import BUNDLED_MODELS_DIR
+from ddpo_hub.training.run_folder import read_metrics
+from ddpo_hub.training.trainer import train
+from tests.helpers import free_port
 
 SUBJECT_KEYS = {"subject_rate", "base_subject_rate", "subject_kept", "kid_to_base"}
 
@@ -90,3 +100,71 @@ def test_without_a_judge_the_subject_figures_are_absent():
     assert SUBJECT_KEYS.isdisjoint(fidelity_to_base(images, images))
     assert load_judge(BUNDLED_MODELS_DIR / "tiny-textures-32") is None
     assert load_judge(None) is None
+
+
+EMOJI_BASE = BUNDLED_MODELS_DIR / "tiny-emoji-32"
+
+
+@pytest.fixture(scope="module")
+def emoji_samples() -> list[Image.Image]:
+    """16 samples of the bundled emoji base: DDIM 20 steps, eta 1, one generator."""
+    pipeline = DDIMPipeline.from_pretrained(EMOJI_BASE)
+    pipeline.set_progress_bar_config(disable=True)
+    generator = torch.Generator().manual_seed(0)
+    return pipeline(batch_size=16, num_inference_steps=20, eta=1.0, generator=generator).images
+
+
+def test_the_bundled_judge_sees_the_bases_subjects_and_not_their_flat_colours(emoji_samples):
+    judge = load_judge(EMOJI_BASE)
+    assert sum(p.numel() for p in judge.parameters()) * 4 <= 1024 * 1024  # at most 1 MB of fp32 weights
+    same = subject_figures(emoji_samples, emoji_samples, judge)
+    assert same["subject_kept"] == 1.0 and same["subject_rate"] >= 0.75
+    flat = [
+        Image.new("RGB", image.size, tuple(np.asarray(image).reshape(-1, 3).mean(0).astype(int)))
+        for image in emoji_samples
+    ]
+    lost = subject_figures(flat, emoji_samples, judge)
+    assert lost["subject_kept"] <= 0.25 and lost["subject_rate"] <= 0.25
+    assert lost["kid_to_base"] > same["kid_to_base"] + 0.01
+
+
+def test_an_emoji_run_reports_the_subject_in_metrics_evaluation_card_and_space(tmp_path, emoji_samples):
+    run_dir = tmp_path / "run"
+    config = resolve_config(
+        overrides=dict(
+            base_model="tiny-emoji-32", output_dir=str(run_dir), epochs=1, num_steps=3, num_samples=4,
+            sample_batch_size=4, train_batch_size=4, fidelity_num_images=4, grid_size=2, eval_num_images=0,
+        )
+    )  # fmt: skip
+    train(config)
+    row = read_metrics(run_dir)[-1]
+    assert SUBJECT_KEYS | {"edge_sharpness_vs_base"} <= set(row)
+
+    results, samples = run_evaluation(str(run_dir), "tiny-emoji-32", schedulers=["ddim"], num_images=4,
+                                      num_inference_steps={"ddim": 3})  # fmt: skip
+    fidelity = results["schedulers"]["ddim"]["fidelity"]
+    assert fidelity == pytest.approx(
+        fidelity_to_base(samples["ddim"]["model"], samples["ddim"]["base"], load_judge(EMOJI_BASE))
+    )
+    write_evaluation(results, samples, run_dir / "eval_results.json")
+    card = ModelCard.load(write_card(run_dir, run_dir))
+    header = next(line for line in card.text.splitlines() if line.startswith("| Scheduler |"))
+    row_text = next(line for line in card.text.splitlines() if line.startswith("| DDIM |"))
+    cells = dict(zip(header.strip("|").split("|"), row_text.strip("|").split("|"), strict=True))
+    assert float(cells[" Subject kept "]) == pytest.approx(fidelity["subject_kept"], abs=0.005)
+    assert float(cells[" KID to base "]) == pytest.approx(fidelity["kid_to_base"], abs=0.0005)
+    assert (EMOJI_BASE / "NOTICE").read_text().strip() in card.text  # the art's licence and attribution
+    assert "subject_kept" in {result.metric_type for result in card.data.eval_results}
+
+    with pytest.MonkeyPatch.context() as env:
+        env.setenv("GRADIO_ANALYTICS_ENABLED", "False")
+        demo = build_demo(str(run_dir), device=torch.device("cpu"), examples_cache="off")
+        demo.launch(server_name="127.0.0.1", server_port=free_port(), prevent_thread_lock=True, quiet=True)
+    try:
+        client = Client(demo.local_url, download_files=str(tmp_path / "downloads"), verbose=False)
+        _, _, summary = client.predict(scheduler="DDIM", num_inference_steps=2, num_images=2, seed=0,
+                                       api_name="/generate")  # fmt: skip
+    finally:
+        demo.close()
+    assert "than the base model **tiny-emoji-32**" in summary
+    assert "the base's judge sees the same subject in" in summary and "KID to base" in summary
