@@ -293,7 +293,7 @@ def test_config_file_and_flags_layer_over_the_preset(tmp_path):
         "tiny",
         9,
         0.001,
-        "tiny-textures-32",
+        "tiny-emoji-32",
     )
     config = parse_config(["--config", str(tmp_path / "run.toml")])
     assert (config.base_model, config.num_steps, config.eta, config.mixed_precision) == (

@@ -32,8 +32,8 @@ class DDPOConfig:
 
     # --- run ---
     preset: str | None = None
-    """Named starting point (`tiny`, `tiny-nft` or `celebahq-256`); other settings override it."""
-    base_model: str = "tiny-textures-32"
+    """Named starting point (`tiny`, `tiny-nft`, `tiny-textures` or `celebahq-256`); other settings override it."""
+    base_model: str = "tiny-emoji-32"
     """The pipeline to fine-tune: a bundled model name, a local `DDPMPipeline` folder or a Hub repo id."""
     base_model_revision: str | None = None
     """Hub revision (branch, tag or commit) of `base_model`."""
@@ -282,27 +282,35 @@ class DDPOConfig:
 
 
 PRESETS: dict[str, dict[str, Any]] = {
-    # The embedded default: the bundled 32x32 texture DDPM, a full run in a few minutes on 2 CPU cores.
+    # The embedded default: the bundled 32x32 emoji DDPM (faces, people, animals), a full run in a few minutes
+    # on 2 CPU cores. How it got its settings: benchmarks/README.md, "The tiny preset on the emoji base".
     "tiny": dict(
-        base_model="tiny-textures-32",
+        base_model="tiny-emoji-32",
         output_dir="runs/tiny",
+        epochs=8,
+        num_steps=20,
+        eta=1.0,
+        kl_coef=0.0,
+        num_samples=128,
+        sample_batch_size=32,
+        train_batch_size=32,
+        gradient_accumulation_steps=4,
+        timestep_fraction=0.5,
+        min_train_std=0.2,
+        learning_rate=3e-5,
+        clip_range=1e-4,
+        grid_every=4,
+        push_every=4,
+    ),
+    # The texture base without a subject (the `tiny` preset before the emoji base): DDPO on a KL leash.
+    # Its tuning history is in benchmarks/README.md ("Tuning history of the tiny preset").
+    "tiny-textures": dict(
+        base_model="tiny-textures-32",
+        output_dir="runs/tiny-textures",
         epochs=5,
         num_steps=40,
         eta=1.0,
-        # The KL leash and 5 epochs: the point of `benchmarks/frontier.py`'s frontier kept here. Without the
-        # leash DDPO keeps trading the pictures for bytes (8 epochs: -31% JPEG at same-seed SSIM 0.27, diversity
-        # 0.52, colour spread 0.69 of the base's); with --kl-coef 0.1 it levels off by epoch 4 near -22% at SSIM
-        # 0.56, diversity 0.78 and colour spread 0.97, and stays there. Stronger leashes (0.3, 1) pull it back
-        # to the base after every step.
         kl_coef=0.1,
-        # One small optimizer step per epoch on 128 samples, each trained on half its timesteps: the best of
-        # the settings `benchmarks/tiny_sweep.py` compared at this cost. The least noisy stochastic steps
-        # (std < 0.2, t <= 125 here) are not trained: their gradients dwarf the median step's
-        # (`benchmarks/step_gradients.py`) and are mostly noise. 40 steps rather than 20, as the model is
-        # then used (the paper samples with 40-50): the base's samples carry more grain with more steps,
-        # while the fine-tuned model's end near the same bytes, so the cut grows (benchmarks/README.md, "More
-        # sampling steps"), for about 1.7x the cost. Larger learning rates, smaller batches or several steps per
-        # epoch perturb the weights more than the reward directs them.
         num_samples=128,
         sample_batch_size=32,
         train_batch_size=32,

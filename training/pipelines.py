@@ -58,8 +58,9 @@ SCHEDULERS: dict[str, SchedulerChoice] = {
 }
 
 BUNDLED_MODELS_DIR = Path(__file__).parent / "base_models"
-TINY_BASE_MODEL = BUNDLED_MODELS_DIR / "tiny-textures-32"
-"""The small DDPM shipped with the project (see `training/pretrain_base.py`)."""
+TINY_BASE_MODEL = BUNDLED_MODELS_DIR / "tiny-emoji-32"
+"""The small DDPM of emoji faces, people and animals shipped with the project, the `tiny` preset's base (see
+`training/base_models/README.md`); `tiny-textures-32` beside it samples textures without a subject."""
 
 
 LARGE_MODEL_PARAMETERS = 10_000_000
