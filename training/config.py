@@ -287,7 +287,7 @@ PRESETS: dict[str, dict[str, Any]] = {
     "tiny": dict(
         base_model="tiny-emoji-32",
         output_dir="runs/tiny",
-        epochs=8,
+        epochs=6,
         num_steps=20,
         eta=1.0,
         kl_coef=0.0,
@@ -299,8 +299,8 @@ PRESETS: dict[str, dict[str, Any]] = {
         min_train_std=0.2,
         learning_rate=3e-5,
         clip_range=1e-4,
-        grid_every=4,
-        push_every=4,
+        grid_every=3,
+        push_every=3,
     ),
     # The texture base without a subject (the `tiny` preset before the emoji base): DDPO on a KL leash.
     # Its tuning history is in benchmarks/README.md ("Tuning history of the tiny preset").
