@@ -183,7 +183,7 @@ def main() -> None:
     base_samples = BaseSamples(base_path, args.output_dir / "base-samples", args.ddpm_images)
     judge = base_samples.judge
     figure_keys = ("ssim_to_base", "diversity_vs_base", "colour_spread_vs_base", "edge_sharpness_vs_base")
-    figure_keys += ("subject_kept", "subject_rate", "kid_to_base") if judge is not None else ()
+    figure_keys += ("subject_kept", "subject_rate", "base_subject_rate", "kid_to_base") if judge is not None else ()
 
     table, curves = [], {}
     for name, (run_dir, _) in runs.items():

@@ -190,10 +190,8 @@ def describe(figures: dict[str, float]) -> str:
         if key in figures
     ]
     if "subject_kept" in figures:
-        parts.append(
-            f"subject kept {figures['subject_kept']:.2f} "
-            f"(rate {figures['subject_rate']:.2f} vs {figures['base_subject_rate']:.2f})"
-        )
+        rate = f" (rate {figures['subject_rate']:.2f} vs {figures['base_subject_rate']:.2f})"
+        parts.append(f"subject kept {figures['subject_kept']:.2f}" + (rate if "base_subject_rate" in figures else ""))
     if "kid_to_base" in figures:
         parts.append(f"KID {figures['kid_to_base']:.3f}")
     return ", ".join(parts)
