@@ -281,47 +281,30 @@ class DDPOConfig:
         return dataclasses.asdict(self)
 
 
+CPU_UPDATE: dict[str, Any] = dict(
+    num_samples=128,
+    sample_batch_size=32,
+    train_batch_size=32,
+    gradient_accumulation_steps=4,
+    timestep_fraction=0.5,
+    min_train_std=0.2,
+    learning_rate=3e-5,
+    clip_range=1e-4,
+)
+"""The tiny presets' update: one small optimizer step per epoch on 128 samples, each trained on half its
+timesteps, the least noisy steps (std < 0.2) left out (benchmarks/README.md, "Tuning the tiny preset")."""
+
 PRESETS: dict[str, dict[str, Any]] = {
     # The embedded default: the bundled 32x32 emoji DDPM (faces, people, animals), a full run in a few minutes
     # on 2 CPU cores. How it got its settings: benchmarks/README.md, "The tiny preset on the emoji base".
-    "tiny": dict(
-        base_model="tiny-emoji-32",
-        output_dir="runs/tiny",
-        epochs=6,
-        num_steps=20,
-        eta=1.0,
-        kl_coef=0.0,
-        num_samples=128,
-        sample_batch_size=32,
-        train_batch_size=32,
-        gradient_accumulation_steps=4,
-        timestep_fraction=0.5,
-        min_train_std=0.2,
-        learning_rate=3e-5,
-        clip_range=1e-4,
-        grid_every=3,
-        push_every=3,
-    ),
+    "tiny": CPU_UPDATE
+    | dict(base_model="tiny-emoji-32", output_dir="runs/tiny", epochs=6, num_steps=20, eta=1.0, kl_coef=0.0)
+    | dict(grid_every=3, push_every=3),
     # The texture base without a subject (the `tiny` preset before the emoji base): DDPO on a KL leash.
     # Its tuning history is in benchmarks/README.md ("Tuning history of the tiny preset").
-    "tiny-textures": dict(
-        base_model="tiny-textures-32",
-        output_dir="runs/tiny-textures",
-        epochs=5,
-        num_steps=40,
-        eta=1.0,
-        kl_coef=0.1,
-        num_samples=128,
-        sample_batch_size=32,
-        train_batch_size=32,
-        gradient_accumulation_steps=4,
-        timestep_fraction=0.5,
-        min_train_std=0.2,
-        learning_rate=3e-5,
-        clip_range=1e-4,
-        grid_every=5,
-        push_every=2,
-    ),
+    "tiny-textures": CPU_UPDATE
+    | dict(base_model="tiny-textures-32", output_dir="runs/tiny-textures", epochs=5, num_steps=40, eta=1.0)
+    | dict(kl_coef=0.1, grid_every=5, push_every=2),
     # google/ddpm-celebahq-256 as in the DDPO paper and alcazar90/ddpo-celebahq: DDIM 40 steps, eta 1.
     "celebahq-256": dict(
         base_model="google/ddpm-celebahq-256",
