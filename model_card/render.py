@@ -21,7 +21,13 @@ from PIL import Image
 
 from ddpo_hub.model_card import figures
 from ddpo_hub.training import jpeg
-from ddpo_hub.training.pipelines import BUNDLED_BASE_MODEL_KEY, SCHEDULERS, bundled_models, hub_repo_id
+from ddpo_hub.training.pipelines import (
+    BUNDLED_BASE_MODEL_KEY,
+    SCHEDULERS,
+    bundled_models,
+    hub_repo_id,
+    read_data_notice,
+)
 from ddpo_hub.training.run_folder import CARD_IMAGES_DIR, CARD_NAME, Run, load_run
 
 TEMPLATE_PATH = Path(__file__).with_name("template.md")
@@ -54,8 +60,7 @@ FIDELITY_METRICS = {
     "subject_rate": "Share of images the base's judge calls a subject",
     "kid_to_base": "KID to the base model in the judge's features",
 }
-DATA_NOTICE = "NOTICE"
-"""A base model folder's file with its training data's licence and attribution, which every card repeats."""
+
 _SECRET_KEY = re.compile(r"token|secret|password", re.IGNORECASE)
 
 REWARD_DESCRIPTIONS = {
@@ -293,13 +298,6 @@ def _subject_rate(figures: dict) -> str:
     return f"{figures['subject_rate']:.2f} (base {figures['base_subject_rate']:.2f})"
 
 
-def data_notice(run: Run) -> str | None:
-    """The base's training-data notice (`NOTICE` in its folder), which a model fine-tuned from it repeats."""
-    folder = run.base_model_path
-    path = Path(folder) / DATA_NOTICE if folder else None
-    return path.read_text(encoding="utf-8").strip() if path and path.is_file() else None
-
-
 def _epoch_label(epoch: int) -> str:
     return "Base model (epoch 0)" if epoch == 0 else f"After {epoch} epoch{'s' if epoch != 1 else ''}"
 
@@ -391,7 +389,7 @@ def _render(run: Run, *, repo_id: str | None, evaluation: dict | None, license: 
         "curve": f"{IMAGES_DIR}/training_curves.png" if "training_curves.png" in drawn else None,
         "frontier": f"{IMAGES_DIR}/frontier.png" if "frontier.png" in drawn else None,
         "subject_frontier": f"{IMAGES_DIR}/subject_frontier.png" if "subject_frontier.png" in drawn else None,
-        "data_notice": data_notice(run),
+        "data_notice": read_data_notice(run.base_model_path),
         "judged_epochs": bool(run.metrics) and all("subject_kept" in row for row in run.metrics),
         "fidelity_images": run.config.get("fidelity_num_images"),
         "metrics_rows": [

@@ -67,6 +67,7 @@ from ddpo_hub.training.pipelines import (
     is_local_path,
     load_unet_and_scheduler_config,
     read_base_model,
+    read_data_notice,
     sample_image,
 )
 
@@ -355,18 +356,12 @@ class ModelCache:
                 throughput=throughput,
                 fingerprint=weights_fingerprint(folder),
                 judge=load_judge(folder),
-                data_notice=read_notice(folder),
+                data_notice=read_data_notice(folder),
             )
             self._models[key] = loaded
             if len(self._models) > self.max_models:
                 self._models.popitem(last=False)
             return loaded
-
-
-def read_notice(folder: Path) -> str | None:
-    """A model folder's `NOTICE` (its training data's licence and attribution), if it has one."""
-    path = Path(folder) / "NOTICE"
-    return path.read_text(encoding="utf-8").strip() if path.is_file() else None
 
 
 def save_jpeg(image: Image.Image, name: str, folder: str) -> tuple[str, int]:
@@ -741,7 +736,7 @@ def build_demo(
         else "This model's card names no base model: only its own images are shown."
     )
     base_folder = bundled_models().get(default_model.base_model or "")
-    notices = [notice for notice in (default_model.data_notice, base_folder and read_notice(base_folder)) if notice]
+    notices = [notice for notice in (default_model.data_notice, read_data_notice(base_folder)) if notice]
     with gr.Blocks(title="DDPO JPEG compressibility", delete_cache=(3600, 3600)) as demo:
         gr.Markdown(
             "# DDPO: diffusion images that compress well\n"

@@ -25,6 +25,7 @@ from ddpo_hub.training.pipelines import (
     bundled_models,
     hub_repo_id,
     read_base_model,
+    read_data_notice,
     resolve_model_path,
 )
 
@@ -78,9 +79,9 @@ def space_card(model_id: str, base_model: str | None, facts: ModelFacts) -> str:
     card.text = card.text.replace("{parameters}", f"{facts.parameters / 1e6:.2f} M").replace(
         "{image_size}", str(facts.image_size)
     )
-    base_folder = bundled_models().get(base_model or "")
-    if base_folder is not None and (base_folder / "NOTICE").is_file():  # the bundled base's data attribution
-        card.text += f"\n## Training data\n\n{(base_folder / 'NOTICE').read_text(encoding='utf-8').strip()}\n"
+    notice = read_data_notice(bundled_models().get(base_model or ""))  # the bundled base's data attribution
+    if notice:
+        card.text += f"\n## Training data\n\n{notice}\n"
     return str(card)
 
 

@@ -72,6 +72,16 @@ BUNDLED_BASE_MODEL_KEY = "bundled_base_model"
 Hub ids only, and a bundled model has none, so the card names it here by its bundled name."""
 
 
+DATA_NOTICE = "NOTICE"
+"""A model folder's file with its training data's licence and attribution (the bundled emoji base has one)."""
+
+
+def read_data_notice(folder: str | os.PathLike | None) -> str | None:
+    """The `DATA_NOTICE` of a local model folder, which every card and Space built on that model repeats."""
+    path = Path(folder) / DATA_NOTICE if folder else None
+    return path.read_text(encoding="utf-8").strip() if path is not None and path.is_file() else None
+
+
 class ModelLoadError(ValueError):
     """The model id or folder does not hold a loadable diffusers `UNet2DModel` pipeline."""
 
