@@ -9,7 +9,7 @@ from __future__ import annotations
 import os
 import tempfile
 
-from tests.helpers import free_port
+from tests.helpers import free_port, make_tiny_pipeline
 
 os.environ["HF_HOME"] = tempfile.mkdtemp(prefix="ddpo-hub-tests-hf-home-")
 os.environ["HF_ENDPOINT"] = f"http://127.0.0.1:{free_port()}"
@@ -26,27 +26,6 @@ import torch  # noqa: E402
 
 # Tiny test models run fastest on one thread; two threads on two shared cores mostly wait for each other.
 torch.set_num_threads(1)
-from diffusers import DDPMPipeline, DDPMScheduler, UNet2DModel  # noqa: E402
-
-TINY_UNET_CONFIG = dict(
-    sample_size=16,
-    in_channels=3,
-    out_channels=3,
-    layers_per_block=1,
-    block_out_channels=(16, 32),
-    down_block_types=("DownBlock2D", "AttnDownBlock2D"),
-    up_block_types=("AttnUpBlock2D", "UpBlock2D"),
-    norm_num_groups=8,
-    attention_head_dim=8,
-)
-
-
-def make_tiny_pipeline(seed: int = 0) -> DDPMPipeline:
-    """A randomly initialised 16x16 DDPM pipeline: fast enough for unit tests on CPU."""
-    torch.manual_seed(seed)
-    unet = UNet2DModel(**TINY_UNET_CONFIG)
-    scheduler = DDPMScheduler(num_train_timesteps=1000, beta_schedule="linear", clip_sample=True)
-    return DDPMPipeline(unet=unet, scheduler=scheduler)
 
 
 @pytest.fixture(scope="session")

@@ -8,7 +8,7 @@ from pathlib import Path
 import numpy as np
 from PIL import Image
 
-from tests.conftest import make_tiny_pipeline
+from tests.helpers import make_tiny_pipeline
 
 CONFIG = {
     "base_model": "google/ddpm-celebahq-256",

@@ -26,7 +26,7 @@ from ddpo_hub.training.run_folder import read_metrics
 from ddpo_hub.training.sampling import StochasticSampler
 from ddpo_hub.training.trainer import DDPOTrainer
 from tests import test_nft, test_trainer
-from tests.conftest import make_tiny_pipeline
+from tests.helpers import make_tiny_pipeline
 
 # 8 samples in minibatches of 4, both accumulated into the epoch's one optimizer step: every step is re-scored
 # under the weights that sampled it, so the logged approx_kl and clipfrac are exactly 0 when re-scoring is exact.

@@ -14,7 +14,7 @@ from PIL import Image
 
 from ddpo_hub.training import jpeg
 from ddpo_hub.training.evaluate import generate, main, parse_num_inference_steps, push_eval_dataset, run_evaluation
-from tests.conftest import make_tiny_pipeline
+from tests.helpers import make_tiny_pipeline
 from tests.run_folder import make_run_folder
 
 STEPS = {"ddpm": 2, "ddim": 2, "pndm": 4}

@@ -19,7 +19,7 @@ from ddpo_hub.training.pipelines import load_unet_and_scheduler_config
 from ddpo_hub.training.run_folder import read_metrics
 from ddpo_hub.training.sampling import StochasticSampler
 from ddpo_hub.training.trainer import train
-from tests.conftest import TINY_UNET_CONFIG
+from tests.helpers import TINY_UNET_CONFIG
 
 FIDELITY_KEYS = ("ssim_to_base", "diversity_vs_base", "colour_spread_vs_base", "kl_to_base", "jpeg_change_vs_base")
 

@@ -24,7 +24,7 @@ from huggingface_hub import ModelCard
 from ddpo_hub.training.cli import card_main
 from ddpo_hub.training.hub import HubPublisher, PushError, Retry, commit_title, epoch_tag, scrub_token
 from ddpo_hub.training.hub_ledger import PushLedger
-from tests.conftest import make_tiny_pipeline
+from tests.helpers import make_tiny_pipeline
 from tests.run_folder import advance_run, make_run_folder, metrics_row
 
 PIPELINE_FILES = {

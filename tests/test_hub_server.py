@@ -34,7 +34,7 @@ from huggingface_hub.utils import get_session
 from safetensors.numpy import save_file
 
 from ddpo_hub.training.hub_server import HubServer
-from tests.conftest import make_tiny_pipeline
+from tests.helpers import make_tiny_pipeline
 
 BIG = 10 * 1024 * 1024 + 123  # above the Hub's 10 MiB limit for regular (non-LFS) files
 

@@ -7,7 +7,7 @@ import torch
 from diffusers import DDIMScheduler, DDPMScheduler
 
 from ddpo_hub.training.sampling import StochasticSampler
-from tests.conftest import make_tiny_pipeline
+from tests.helpers import make_tiny_pipeline
 
 
 @pytest.fixture(scope="module")

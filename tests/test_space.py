@@ -36,8 +36,7 @@ from ddpo_hub.training import pipelines
 from ddpo_hub.training.jpeg import encode_jpeg, to_pil
 from ddpo_hub.training.pipelines import BUNDLED_BASE_MODEL_KEY, build_pipeline, load_unet_and_scheduler_config
 from ddpo_hub.training.rewards import jpeg_compressibility
-from tests.conftest import TINY_UNET_CONFIG, make_tiny_pipeline
-from tests.helpers import free_port
+from tests.helpers import TINY_UNET_CONFIG, free_port, make_tiny_pipeline
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 ARTIFACTS = REPO_ROOT / "tests" / "artifacts"
