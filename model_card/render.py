@@ -21,11 +21,12 @@ from PIL import Image
 
 from ddpo_hub.model_card import figures
 from ddpo_hub.training import jpeg
+from ddpo_hub.training.humanize import duration_text
 from ddpo_hub.training.pipelines import (
     BUNDLED_BASE_MODEL_KEY,
     SCHEDULERS,
     bundled_models,
-    hub_repo_id,
+    hub_model_id,
     read_data_notice,
 )
 from ddpo_hub.training.run_folder import CARD_IMAGES_DIR, CARD_NAME, Run, load_run
@@ -107,13 +108,8 @@ def jpeg_summary(rows: Sequence[dict], epoch: int | None = None) -> JpegSummary 
     return JpegSummary(epoch=epoch, kb=kb, base_kb=base_kb)
 
 
-def hub_model_id(value: str | None) -> str | None:
-    """`value` if it names a Hub model (`namespace/name`); None for local folders and bundled models.
-
-    Only such ids are valid `base_model` metadata.
-    """
-    repo_id = hub_repo_id(value)
-    return repo_id if repo_id and "/" in repo_id else None
+def _wall_time(seconds: float | None) -> str:
+    return "not recorded" if seconds is None else duration_text(float(seconds))
 
 
 def _display_model(value: str | None) -> str:
@@ -153,17 +149,6 @@ def _seed_range(seeds: Sequence[int]) -> str:
     if len(seeds) == 1:
         return str(seeds[0])
     return f"{seeds[0]}–{seeds[-1]}" if contiguous else ", ".join(map(str, seeds))
-
-
-def _wall_time(seconds: float | None) -> str:
-    if seconds is None:
-        return "not recorded"
-    seconds = float(seconds)
-    if seconds < 60:
-        return f"{seconds:.1f} s"
-    hours, rest = divmod(round(seconds), 3600)
-    minutes, secs = divmod(rest, 60)
-    return f"{hours} h {minutes:02d} min {secs:02d} s" if hours else f"{minutes} min {secs:02d} s"
 
 
 def _hardware(info: dict) -> str:

@@ -23,7 +23,7 @@ from ddpo_hub.training.pipelines import (
     LARGE_MODEL_PARAMETERS,
     TINY_BASE_MODEL,
     bundled_models,
-    hub_repo_id,
+    hub_model_id,
     read_base_model,
     read_data_notice,
     resolve_model_path,
@@ -71,7 +71,7 @@ def space_card(model_id: str, base_model: str | None, facts: ModelFacts) -> str:
     """`space/README.md` fitted to the model: `models:` (Hub ids only) links the served model and its base,
     `suggested_hardware` and `short_description` follow its size, and the card states what it serves."""
     card = SpaceCard((SPACE_DIR / "README.md").read_text(encoding="utf-8"))
-    card.data.models = [model for model in (model_id, base_model) if hub_repo_id(model) and "/" in model]
+    card.data.models = [model for model in (model_id, base_model) if hub_model_id(model)]
     card.data.suggested_hardware = facts.suggested_hardware
     card.data.short_description = facts.short_description
     base = f"`{base_model}`" if base_model else "no base model (its card names none)"

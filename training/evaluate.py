@@ -55,6 +55,7 @@ from tqdm.auto import tqdm
 from ddpo_hub.training import jpeg
 from ddpo_hub.training.extras import require_extra
 from ddpo_hub.training.fidelity import describe, fidelity_to_base
+from ddpo_hub.training.humanize import duration_text
 from ddpo_hub.training.judge import load_judge
 from ddpo_hub.training.pipelines import (
     ModelLoadError,
@@ -416,7 +417,7 @@ def evaluate_run(
         + " with "
         + ", ".join(f"{sampler.name} {sampler.num_inference_steps} steps" for sampler in samplers)
         + f": {cost:,} image-steps"
-        + (f", about {_duration(estimate)} at this run's sampling speed." if estimate else "."),
+        + (f", about {duration_text(estimate)} at this run's sampling speed." if estimate else "."),
         flush=True,
     )
     results, samples = run_evaluation(
@@ -433,10 +434,6 @@ def _estimated_seconds(run, cost: int) -> float | None:
     per_process = int(run.config.get("num_samples", 1)) // max(processes, 1)
     image_steps_sampled = per_process * int(run.config.get("num_steps", 1))
     return float(run.metrics[-1]["seconds_sampling"]) / max(image_steps_sampled, 1) * cost
-
-
-def _duration(seconds: float) -> str:
-    return f"{seconds:.0f} s" if seconds < 90 else f"{seconds / 60:.1f} min"
 
 
 def _parser() -> argparse.ArgumentParser:

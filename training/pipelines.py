@@ -183,6 +183,13 @@ def hub_repo_id(model: str | os.PathLike | None) -> str | None:
     return str(model)
 
 
+def hub_model_id(model: str | os.PathLike | None) -> str | None:
+    """`model` if it names a Hub model with a namespace (`namespace/name`); None for local folders, bundled models
+    and bare names. Only such ids are valid `base_model` card metadata and Space `models`."""
+    repo_id = hub_repo_id(model)
+    return repo_id if repo_id and "/" in repo_id else None
+
+
 def fetch_pipeline_folder(
     model: str | os.PathLike,
     *,
