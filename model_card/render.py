@@ -35,7 +35,6 @@ TEMPLATE_PATH = Path(__file__).with_name("template.md")
 DEFAULT_LICENSE = "apache-2.0"
 BASE_TAGS = ("pytorch", "diffusers", "unconditional-image-generation", "reinforcement-learning")
 """Every card's tags; the algorithm (`ddpo`, `nft`) and the reward are added."""
-IMAGES_DIR = CARD_IMAGES_DIR
 ALGORITHMS = {
     "ddpo": {
         "key": "ddpo",
@@ -310,7 +309,7 @@ def _evaluation_context(evaluation: dict, image_names: set[str]) -> dict:
                 "subject_kept": _number((entry.get("fidelity") or {}).get("subject_kept"), ".2f"),
                 "subject_rate": _subject_rate(entry.get("fidelity") or {}),
                 "kid": _number((entry.get("fidelity") or {}).get("kid_to_base"), ".3f"),
-                "grid": f"{IMAGES_DIR}/eval_{key}.png" if f"eval_{key}.png" in image_names else None,
+                "grid": f"{CARD_IMAGES_DIR}/eval_{key}.png" if f"eval_{key}.png" in image_names else None,
                 "grid_seeds": _seed_range(grid["seeds"]) if grid else "",
             }
         )
@@ -362,7 +361,7 @@ def _render(run: Run, *, repo_id: str | None, evaluation: dict | None, license: 
             "last_kb": f"{summary.kb:.2f}",
             "change": summary.change_text,
         },
-        "before_after": f"{IMAGES_DIR}/before_after.png" if "before_after.png" in drawn else None,
+        "before_after": f"{CARD_IMAGES_DIR}/before_after.png" if "before_after.png" in drawn else None,
         "before_after_left": _epoch_label(run.samples[0][0]).lower() if run.samples else "",
         "before_after_right": _epoch_label(run.samples[-1][0]).lower() if run.samples else "",
         "jpeg_quality": jpeg.JPEG_QUALITY,
@@ -371,9 +370,9 @@ def _render(run: Run, *, repo_id: str | None, evaluation: dict | None, license: 
         "steps": _steps(evaluation),
         "evaluation": _evaluation_context(evaluation, set(drawn)) if evaluation else None,
         "training_scheduler": str(run.config.get("scheduler", "ddim")).upper(),
-        "curve": f"{IMAGES_DIR}/training_curves.png" if "training_curves.png" in drawn else None,
-        "frontier": f"{IMAGES_DIR}/frontier.png" if "frontier.png" in drawn else None,
-        "subject_frontier": f"{IMAGES_DIR}/subject_frontier.png" if "subject_frontier.png" in drawn else None,
+        "curve": f"{CARD_IMAGES_DIR}/training_curves.png" if "training_curves.png" in drawn else None,
+        "frontier": f"{CARD_IMAGES_DIR}/frontier.png" if "frontier.png" in drawn else None,
+        "subject_frontier": f"{CARD_IMAGES_DIR}/subject_frontier.png" if "subject_frontier.png" in drawn else None,
         "data_notice": read_data_notice(run.base_model_path),
         "judged_epochs": bool(run.metrics) and all("subject_kept" in row for row in run.metrics),
         "fidelity_images": run.config.get("fidelity_num_images"),
@@ -452,9 +451,9 @@ def write_card(
     card, drawn = _render(run, repo_id=repo_id, evaluation=evaluation, license=license)
     out_dir = Path(out_dir)
     if drawn:
-        (out_dir / IMAGES_DIR).mkdir(parents=True, exist_ok=True)
+        (out_dir / CARD_IMAGES_DIR).mkdir(parents=True, exist_ok=True)
     for name, draw in drawn.items():
-        draw().save(out_dir / IMAGES_DIR / name)
+        draw().save(out_dir / CARD_IMAGES_DIR / name)
     readme = out_dir / CARD_NAME
     card.save(readme)
     return readme

@@ -14,7 +14,7 @@ Two rules keep the importance ratio exact:
 The final step has a standard deviation of exactly 0 whenever the schedule ends at alpha_prod = 1
 (`DDIMScheduler` with `set_alpha_to_one=True`, the default for DDPM configs) and always for DDPM's t = 0.
 Such a step is deterministic: it has no log-density, so it is recorded with log-prob 0 and excluded
-from ddpo_hub.training (`Rollout.trainable`).
+from training (`Rollout.trainable`).
 
 Steps with a standard deviation of at most `min_train_std` are recorded but not trained on either. The
 gradient of a step's log-density grows as 1/std, while noise that small barely changes the image: on

@@ -1,8 +1,8 @@
 """A Hub-compatible HTTP server for tests: the real `huggingface_hub` client talks to it over loopback.
 
 See `server.HubServer` (lifecycle, fault injection, inspection), `app` (the HTTP API), `faults` (failures,
-dropped connections, latency), `storage` (repos and commits in memory) and `fixtures` (pytest fixtures, registered
-from `tests/conftest.py`).
+dropped connections, latency) and `storage` (repos and commits in memory); the tests' pytest fixtures around it are
+in `tests/hub_fixtures.py`.
 """
 
 from .app import HubConfig, create_app
