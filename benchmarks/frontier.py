@@ -31,12 +31,13 @@ import numpy as np
 from PIL import Image, ImageFilter
 
 from ddpo_hub.model_card.figures import cut_vs_ssim
-from ddpo_hub.training.cli import parse_config, trainer_class
+from ddpo_hub.training.cli import parse_config
 from ddpo_hub.training.evaluate import ROLLOUT, EvalSampler, run_evaluation
 from ddpo_hub.training.fidelity import describe, fidelity_to_base
 from ddpo_hub.training.jpeg import jpeg_sizes
 from ddpo_hub.training.judge import SubjectJudge, load_judge
 from ddpo_hub.training.run_folder import latest_checkpoint, load_run
+from ddpo_hub.training.workflow import trainer_class
 
 METHODS: dict[str, str] = {
     "ddpo": "",  # the tiny preset's DDPO settings without the KL leash (the preset before the frontier)

@@ -19,7 +19,6 @@ import jinja2
 from huggingface_hub import EvalResult, ModelCard, ModelCardData
 from PIL import Image
 
-from ddpo_hub.model_card import figures
 from ddpo_hub.training import jpeg
 from ddpo_hub.training.humanize import duration_text
 from ddpo_hub.training.pipelines import (
@@ -30,6 +29,8 @@ from ddpo_hub.training.pipelines import (
     read_data_notice,
 )
 from ddpo_hub.training.run_folder import CARD_IMAGES_DIR, CARD_NAME, Run, load_run
+
+from . import figures
 
 TEMPLATE_PATH = Path(__file__).with_name("template.md")
 DEFAULT_LICENSE = "apache-2.0"

@@ -9,8 +9,9 @@ from pathlib import Path
 
 import torch
 
-from ddpo_hub.training.cli import parse_config, trainer_class
+from ddpo_hub.training.cli import parse_config
 from ddpo_hub.training.rewards import jpeg_compressibility
+from ddpo_hub.training.workflow import trainer_class
 
 _jpeg = jpeg_compressibility()
 

@@ -19,7 +19,7 @@ from urllib.parse import urlparse
 
 import pytest
 
-from ddpo_hub.training.hub_server import HubServer
+from ddpo_hub.training.publish.hub_server import HubServer
 
 _server: HubServer | None = None
 

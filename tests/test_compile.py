@@ -20,11 +20,11 @@ from diffusers import DDPMScheduler, UNet2DModel
 from torch._dynamo.utils import counters
 
 from ddpo_hub.training import performance
-from ddpo_hub.training.cli import trainer_class
 from ddpo_hub.training.config import resolve_config
 from ddpo_hub.training.run_folder import read_metrics
 from ddpo_hub.training.sampling import StochasticSampler
 from ddpo_hub.training.trainer import DDPOTrainer
+from ddpo_hub.training.workflow import trainer_class
 from tests import test_nft, test_trainer
 from tests.helpers import make_tiny_pipeline
 

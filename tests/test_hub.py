@@ -1,4 +1,4 @@
-"""training/hub.py against the loopback Hub, with the real huggingface_hub client.
+"""training/publish/hub.py against the loopback Hub, with the real huggingface_hub client.
 
 Each test fabricates a run folder as the trainer writes it, pushes it, and checks the result the way a
 user would see it: `DDPMPipeline.from_pretrained`, `ModelCard.load`, the repo's commits, tags and files.
@@ -22,8 +22,8 @@ from diffusers import DDPMPipeline
 from huggingface_hub import ModelCard
 
 from ddpo_hub.training.cli import card_main
-from ddpo_hub.training.hub import HubPublisher, PushError, Retry, commit_title, epoch_tag, scrub_token
-from ddpo_hub.training.hub_ledger import PushLedger
+from ddpo_hub.training.publish.hub import HubPublisher, PushError, Retry, commit_title, epoch_tag, scrub_token
+from ddpo_hub.training.publish.hub_ledger import PushLedger
 from tests.helpers import make_tiny_pipeline
 from tests.run_folder import advance_run, make_run_folder, metrics_row
 
@@ -277,7 +277,7 @@ def test_kill_during_upload_then_card_push_publishes_the_epoch_once(hub_server, 
     run = make_run_folder(tmp_path / "run", epochs=1, seed=0)
     hub_server.set_latency(30, request_kind)
     script = (
-        "import sys; from ddpo_hub.training.hub import HubPublisher\n"
+        "import sys; from ddpo_hub.training.publish.hub import HubPublisher\n"
         "HubPublisher(sys.argv[1]).push_epoch(sys.argv[2], 1).result()\n"
     )
     child = subprocess.Popen(

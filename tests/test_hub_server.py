@@ -1,4 +1,5 @@
-"""The loopback Hub (ddpo_hub.training.hub_server) driven by the real huggingface_hub client, as our Hub code is.
+"""The loopback Hub (`ddpo_hub.training.publish.hub_server`) driven by the real huggingface_hub client, as our Hub
+code is.
 
 If one of these fails, the server is no longer faithful to the protocol the client speaks: fix the server, not the
 client call.
@@ -33,7 +34,7 @@ from huggingface_hub.errors import (
 from huggingface_hub.utils import get_session
 from safetensors.numpy import save_file
 
-from ddpo_hub.training.hub_server import HubServer
+from ddpo_hub.training.publish.hub_server import HubServer
 from tests.helpers import make_tiny_pipeline
 
 BIG = 10 * 1024 * 1024 + 123  # above the Hub's 10 MiB limit for regular (non-LFS) files

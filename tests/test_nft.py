@@ -10,11 +10,11 @@ import torch
 from diffusers import DDIMPipeline, DDPMPipeline, PNDMPipeline
 from safetensors.torch import load_file
 
-from ddpo_hub.training.cli import trainer_class
 from ddpo_hub.training.config import resolve_config
 from ddpo_hub.training.losses import nft_loss, optimality
 from ddpo_hub.training.nft import NFTTrainer
 from ddpo_hub.training.run_folder import latest_checkpoint, read_metrics
+from ddpo_hub.training.workflow import trainer_class
 from tests import test_trainer
 
 # The DDPO tests' fast settings, with deterministic rollouts in two batches per epoch (the interrupt lands mid-epoch).

@@ -15,7 +15,7 @@ from huggingface_hub import HfApi, ModelCard
 from safetensors.torch import load_file
 
 from ddpo_hub.training.cli import train_main
-from ddpo_hub.training.hub_ledger import PushLedger
+from ddpo_hub.training.publish.hub_ledger import PushLedger
 
 TRAINING_STATE = ("checkpoints/", "logs/", "optimizer", "random_states", "metrics.jsonl", "ddpo_config.json")
 

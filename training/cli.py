@@ -1,6 +1,6 @@
 """The entry points: `ddpo-train` (flags generated from `DDPOConfig`, so every field is settable) and `ddpo-card`.
 
-This is where the parts are composed: the trainer trains, then the run is evaluated, carded and published.
+They parse and report; what a training run does (train, evaluate, card, publish) is `workflow.run_training`.
 """
 
 from __future__ import annotations
@@ -15,8 +15,9 @@ from collections.abc import Sequence
 from dataclasses import MISSING, fields
 from pathlib import Path
 
-from ddpo_hub.training.config import PRESETS, DDPOConfig, field_docs, resolve_config
-from ddpo_hub.training.pipelines import ModelLoadError
+from .config import PRESETS, DDPOConfig, field_docs, resolve_config
+from .pipelines import ModelLoadError
+from .workflow import run_training
 
 
 def _base_type(name: str) -> type:
@@ -58,83 +59,10 @@ def parse_config(argv: Sequence[str] | None = None) -> DDPOConfig:
     return resolve_config(config_file=config_file, overrides=overrides)
 
 
-def trainer_class(algorithm: str) -> type:
-    """The trainer of `--algorithm`: `DDPOTrainer` or `NFTTrainer` (same loop, run folder and outputs)."""
-    if algorithm == "nft":
-        from ddpo_hub.training.nft import NFTTrainer
-
-        return NFTTrainer
-    from ddpo_hub.training.trainer import DDPOTrainer
-
-    return DDPOTrainer
-
-
-def check_eval_settings(config: DDPOConfig) -> None:
-    """Resolve the end-of-run evaluation's samplers now, so a bad `--eval-*` setting fails before training."""
-    from ddpo_hub.training.evaluate import ROLLOUT, parse_num_inference_steps, resolve_samplers
-
-    schedulers = config.eval_schedulers
-    steps = parse_num_inference_steps(config.eval_num_inference_steps, [name for name in schedulers if name != ROLLOUT])
-    resolve_samplers(schedulers, steps, rollout=(config.scheduler, config.num_steps, config.eta))
-
-
-def run_training(config: DDPOConfig) -> Path:
-    """Train, then evaluate (`eval_num_images` > 0) and publish (`push_to_hub`): what `ddpo-train` does.
-
-    Publishing is composed around the trainer: intermediate epochs are pushed as the trainer saves them
-    (every `push_every`), the last one after the evaluation so that its card carries the results.
-    """
-    publisher = None
-
-    def push_saved_epoch(run_dir: Path, epoch: int) -> None:
-        if publisher is not None and epoch % config.push_every == 0 and epoch != config.epochs:
-            publisher.push_epoch(run_dir, epoch)
-
-    trainer = trainer_class(config.algorithm)(config, on_epoch_saved=push_saved_epoch)
-    if config.eval_num_images > 0:  # the evaluation runs after training: its settings are checked before
-        check_eval_settings(config)
-    if config.push_to_hub and trainer.is_main:  # before training: a bad repo or token fails fast
-        from ddpo_hub.training.hub import HubPublisher
-        from ddpo_hub.training.run_folder import checkpoint_epoch
-
-        publisher = HubPublisher(
-            config.push_to_hub,
-            private=config.hub_private,
-            revision=config.hub_revision,
-            replace_earlier_run=trainer.checkpoint is None,
-        )
-        if trainer.checkpoint is not None:  # epochs an earlier process staged but never published go first
-            publisher.push_pending(trainer.run_dir, up_to=checkpoint_epoch(trainer.checkpoint))
-    try:
-        run_dir = trainer.train()
-        finished = trainer.progress.epoch == config.epochs
-        if finished and trainer.is_main and config.eval_num_images > 0:
-            from ddpo_hub.training.evaluate import evaluate_run
-
-            evaluate_run(
-                run_dir,
-                schedulers=config.eval_schedulers,
-                num_inference_steps=config.eval_num_inference_steps,
-                num_images=config.eval_num_images,
-                seed=config.seed,
-                device=str(trainer.accelerator.device),
-            )
-        if finished and trainer.is_main:
-            from ddpo_hub.model_card.render import write_card
-
-            write_card(run_dir, run_dir, repo_id=config.push_to_hub)
-        if finished and publisher is not None:  # the last epoch, or (already pushed) the card with the evaluation
-            publisher.push_latest(run_dir)
-    finally:
-        if publisher is not None:
-            publisher.wait()  # uploads run in the background; a failure raises PushError here
-    return run_dir
-
-
 def train_main(argv: Sequence[str] | None = None) -> int:
     """Entry point of `ddpo-train` and `python -m ddpo_hub.training`."""
-    from ddpo_hub.training.hub import PushError
-    from ddpo_hub.training.trainer import TrainingDivergedError
+    from .publish.hub import PushError
+    from .trainer import TrainingDivergedError
 
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     try:
@@ -168,8 +96,9 @@ def _card_parser() -> argparse.ArgumentParser:
 def card_main(argv: Sequence[str] | None = None) -> int:
     """Entry point of `ddpo-card`: (re)write a run's model card and optionally publish it."""
     from ddpo_hub.model_card.render import write_card
-    from ddpo_hub.training.hub import HubPublisher, PushError
-    from ddpo_hub.training.run_folder import RunFolderError
+
+    from .publish.hub import HubPublisher, PushError
+    from .run_folder import RunFolderError
 
     args = _card_parser().parse_args(argv)
     try:

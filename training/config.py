@@ -18,7 +18,7 @@ from typing import Any
 
 import yaml
 
-from ddpo_hub.training.extras import require_extra
+from .extras import require_extra
 
 ALGORITHMS = ("ddpo", "nft")
 """`ddpo`: policy gradients through per-step log-probabilities; `nft`: DiffusionNFT on forward-noised images."""

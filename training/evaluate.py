@@ -52,12 +52,12 @@ from huggingface_hub.errors import HfHubHTTPError
 from PIL import Image
 from tqdm.auto import tqdm
 
-from ddpo_hub.training import jpeg
-from ddpo_hub.training.extras import require_extra
-from ddpo_hub.training.fidelity import describe, fidelity_to_base
-from ddpo_hub.training.humanize import duration_text
-from ddpo_hub.training.judge import load_judge
-from ddpo_hub.training.pipelines import (
+from . import jpeg
+from .extras import require_extra
+from .fidelity import describe, fidelity_to_base
+from .humanize import duration_text
+from .judge import load_judge
+from .pipelines import (
     ModelLoadError,
     build_pipeline,
     fetch_pipeline_folder,
@@ -67,8 +67,8 @@ from ddpo_hub.training.pipelines import (
     sample_images,
     scheduler_choice,
 )
-from ddpo_hub.training.redaction import scrub_token
-from ddpo_hub.training.run_folder import (
+from .publish.redaction import scrub_token
+from .run_folder import (
     CONFIG_NAME,
     EVAL_IMAGES_DIR,
     EVAL_RESULTS_NAME,

@@ -42,10 +42,10 @@ from skimage.color import rgb2gray
 from skimage.filters import sobel
 from skimage.metrics import structural_similarity
 
-from ddpo_hub.training.jpeg import to_pil
+from .jpeg import to_pil
 
 if TYPE_CHECKING:
-    from ddpo_hub.training.judge import SubjectJudge
+    from .judge import SubjectJudge
 
 DIVERSITY_SIZE = 8
 """Images are box-downscaled to this many pixels a side before their distances are taken."""
@@ -123,7 +123,7 @@ def subject_figures(images: Images, base_images: Images, judge: SubjectJudge) ->
     same-seed image sets."""
     from torchmetrics.image.kid import KernelInceptionDistance
 
-    from ddpo_hub.training.judge import CLASSES, NO_SUBJECT
+    from .judge import CLASSES, NO_SUBJECT
 
     model = torch.from_numpy(to_unit_rgb(images)).permute(0, 3, 1, 2).float()
     base = torch.from_numpy(to_unit_rgb(base_images)).permute(0, 3, 1, 2).float()

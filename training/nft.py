@@ -18,10 +18,10 @@ import copy
 
 import torch
 
-from ddpo_hub.training.losses import nft_loss, optimality
-from ddpo_hub.training.performance import compile_policy
-from ddpo_hub.training.sampling import Rollout, draw_normal
-from ddpo_hub.training.trainer import DDPOTrainer, EpochSamples, _generator
+from .losses import nft_loss, optimality
+from .performance import compile_policy
+from .sampling import Rollout, draw_normal
+from .trainer import DDPOTrainer, EpochSamples, _generator
 
 FORWARD_NOISE = 100
 """Purpose tag of the forward-process noise in `_generator` (DDPO's tags are 0-3)."""

@@ -33,8 +33,8 @@ from diffusers.training_utils import EMAModel
 from PIL import Image
 from tqdm.auto import tqdm
 
-from ddpo_hub.training.emoji_data import EmojiDataset
-from ddpo_hub.training.extras import require_extra
+from .emoji_data import EmojiDataset
+from .extras import require_extra
 
 if TYPE_CHECKING:
     import datasets

@@ -21,7 +21,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 if TYPE_CHECKING:
-    from ddpo_hub.training.config import DDPOConfig
+    from .config import DDPOConfig
 
 SKIPPED_NOTICE = "HF_TOKEN is not set: trained and evaluated, publishing skipped"
 
@@ -68,11 +68,11 @@ def local_hub() -> Iterator[object]:
     """Serve the test Hub on a free port of 127.0.0.1 and point huggingface_hub, a fresh HF_HOME and HF_TOKEN at it."""
     if "huggingface_hub" in sys.modules:
         raise RuntimeError("--local-hub must start before huggingface_hub is imported: run it in a fresh process.")
-    from ddpo_hub.training.extras import require_extra
+    from .extras import require_extra
 
     for module in ("fastapi", "uvicorn"):
         require_extra(module, extra="local-hub", feature="--local-hub")
-    from ddpo_hub.training.hub_server import HubServer
+    from .publish.hub_server import HubServer
 
     with HubServer() as server, tempfile.TemporaryDirectory(prefix="ddpo-local-hub-") as home:
         # A fresh HF_HOME: the loopback repos never land in the user's cache, the user's login is never used.
@@ -99,7 +99,7 @@ def local_hub() -> Iterator[object]:
 
 def _mean_change(results: dict) -> str:
     """`DDIM (50 steps): 1234 B -> 987 B (-20.0%, SSIM to base ...)` per scheduler, from eval_results.json."""
-    from ddpo_hub.training.evaluate import fidelity_text
+    from .evaluate import fidelity_text
 
     parts = []
     for entry in results["schedulers"].values():
@@ -126,7 +126,7 @@ def check_published_weights(repo_id: str, run_dir: Path) -> None:
 
 def build_config(args: argparse.Namespace, train_argv: Sequence[str], model_repo: str | None) -> DDPOConfig:
     """The run's `DDPOConfig`: the job's flags and the passed-on ddpo-train flags (e.g. `--eval-schedulers`)."""
-    from ddpo_hub.training.cli import parse_config
+    from .cli import parse_config
 
     flags = ["--preset", args.preset, *(["--output-dir", str(args.output_dir)] if args.output_dir else [])]
     flags += [*(["--epochs", str(args.epochs)] if args.epochs else [])]
@@ -138,7 +138,7 @@ def build_config(args: argparse.Namespace, train_argv: Sequence[str], model_repo
 
 def train_and_evaluate(config: DDPOConfig) -> Path:
     """`ddpo-train`'s whole run: train, evaluate against the base, write the card (and push, with a repo)."""
-    from ddpo_hub.training.cli import run_training
+    from .workflow import run_training
 
     title = f"Train, evaluate and card: preset {config.preset}, {config.epochs} epochs, base model {config.base_model}"
     with _step(title + (f", pushed to {config.push_to_hub}" if config.push_to_hub else "")):
@@ -158,7 +158,7 @@ def publish(run_dir: Path, model_repo: str, space_id: str | None, *, token: str,
 
 def results_summary(run_dir: Path) -> list[str]:
     """Where the run is and how its JPEG sizes moved, from metrics.jsonl and eval_results.json."""
-    from ddpo_hub.training.run_folder import load_run
+    from .run_folder import load_run
 
     lines = [f"Run folder: {run_dir}/ (samples/, metrics.jsonl, eval_results.json, eval_images/, README.md)"]
     run = load_run(run_dir)
@@ -197,10 +197,10 @@ def run(args: argparse.Namespace, train_argv: Sequence[str]) -> int:
     from huggingface_hub import HfApi, get_token
     from huggingface_hub.errors import HfHubHTTPError
 
-    from ddpo_hub.training.hub import PushError
-    from ddpo_hub.training.pipelines import ModelLoadError
-    from ddpo_hub.training.redaction import scrub_token
-    from ddpo_hub.training.trainer import TrainingDivergedError
+    from .pipelines import ModelLoadError
+    from .publish.hub import PushError
+    from .publish.redaction import scrub_token
+    from .trainer import TrainingDivergedError
 
     token = get_token()
     model_repo = space_id = None

@@ -12,7 +12,7 @@ from collections.abc import Callable
 import numpy as np
 import torch
 
-from ddpo_hub.training.jpeg import jpeg_sizes
+from .jpeg import jpeg_sizes
 
 RewardOutput = tuple[np.ndarray, dict[str, np.ndarray]]
 RewardFn = Callable[[torch.Tensor], RewardOutput]

@@ -10,7 +10,7 @@ output_dir/
   checkpoints/checkpoint_<epoch>/       accelerate state (weights, optimizer, RNG, progress) + our marker
   eval_results.json, eval_images/       ddpo-eval: base vs fine-tuned per scheduler
   README.md, images/                    the model card
-  hub_pushes.json, hub_queue/           the push ledger and the epochs staged for the Hub (training/hub_ledger.py)
+  hub_pushes.json, hub_queue/           the push ledger and the epochs staged for the Hub (publish/hub_ledger.py)
   config_history.jsonl                  output-only settings a resume changed, with the epoch they took effect
 
 The trainer writes it, and evaluation, the card and the Hub code read it through `load_run`, so a file
@@ -34,8 +34,8 @@ import torch
 from diffusers import DDPMPipeline, DDPMScheduler, UNet2DModel
 from PIL import Image
 
-from ddpo_hub.training.config import DDPOConfig
-from ddpo_hub.training.jpeg import to_pil
+from .config import DDPOConfig
+from .jpeg import to_pil
 
 CONFIG_NAME = "ddpo_config.json"
 METRICS_NAME = "metrics.jsonl"

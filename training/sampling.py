@@ -34,10 +34,10 @@ import torch
 from diffusers import DDIMScheduler, DDPMScheduler, UNet2DModel
 from tqdm.auto import tqdm
 
-from ddpo_hub.training.losses import gaussian_kl
+from .losses import gaussian_kl
 
 if TYPE_CHECKING:
-    from ddpo_hub.training.config import DDPOConfig
+    from .config import DDPOConfig
 
 LOG_SQRT_2PI = 0.5 * math.log(2 * math.pi)
 

@@ -4,7 +4,7 @@ Each epoch: sample trajectories with log-probabilities -> reward the final image
 into advantages over the whole (gathered) batch -> a few clipped policy-gradient passes over random
 timesteps of each trajectory -> save the pipeline, metrics and a resumable checkpoint.
 
-The trainer only trains: evaluation and publishing are composed around it (`cli.run_training`), which
+The trainer only trains: evaluation and publishing are composed around it (`workflow.run_training`), which
 hears about each saved epoch through `on_epoch_saved`.
 """
 
@@ -31,16 +31,16 @@ from diffusers import UNet2DModel
 from diffusers.training_utils import EMAModel
 from tqdm.auto import tqdm
 
-from ddpo_hub.training.advantages import RewardStatTracker, compute_advantages
-from ddpo_hub.training.config import DDPOConfig
-from ddpo_hub.training.fidelity import describe, fidelity_to_base
-from ddpo_hub.training.jpeg import jpeg_sizes
-from ddpo_hub.training.judge import load_judge
-from ddpo_hub.training.losses import gaussian_kl, ppo_clip_loss
-from ddpo_hub.training.performance import TrainingGraph, compile_policy, enable_tf32, use_channels_last
-from ddpo_hub.training.pipelines import fetch_pipeline_folder, load_unet_and_scheduler_config, resolve_model_path
-from ddpo_hub.training.rewards import RewardOutput, load_reward
-from ddpo_hub.training.run_folder import (
+from .advantages import RewardStatTracker, compute_advantages
+from .config import DDPOConfig
+from .fidelity import describe, fidelity_to_base
+from .jpeg import jpeg_sizes
+from .judge import load_judge
+from .losses import gaussian_kl, ppo_clip_loss
+from .performance import TrainingGraph, compile_policy, enable_tf32, use_channels_last
+from .pipelines import fetch_pipeline_folder, load_unet_and_scheduler_config, resolve_model_path
+from .rewards import RewardOutput, load_reward
+from .run_folder import (
     CHECKPOINTS_DIR,
     LOGS_DIR,
     RunFolderError,
@@ -58,7 +58,7 @@ from ddpo_hub.training.run_folder import (
     write_config,
     write_run_info,
 )
-from ddpo_hub.training.sampling import Rollout, StochasticSampler, draw_normal
+from .sampling import Rollout, StochasticSampler, draw_normal
 
 logger = logging.getLogger(__name__)
 

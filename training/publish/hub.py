@@ -32,9 +32,10 @@ from huggingface_hub.errors import HfHubHTTPError, HFValidationError
 from huggingface_hub.utils import validate_repo_id
 
 from ddpo_hub.model_card.render import jpeg_summary, write_card
-from ddpo_hub.training.hub_ledger import COMMITTED, STAGED, TAGGED, PushEntry, PushLedger, new_marker
-from ddpo_hub.training.redaction import scrub_token
-from ddpo_hub.training.run_folder import RunFolderError, load_run, read_metrics
+
+from ..run_folder import RunFolderError, load_run, read_metrics
+from .hub_ledger import COMMITTED, STAGED, TAGGED, PushEntry, PushLedger, new_marker
+from .redaction import scrub_token
 
 logger = logging.getLogger(__name__)
 

@@ -22,7 +22,7 @@ from collections.abc import Callable
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
-from ddpo_hub.training.run_folder import PUSH_LEDGER_NAME, PUSH_QUEUE_DIR
+from ..run_folder import PUSH_LEDGER_NAME, PUSH_QUEUE_DIR
 
 STAGED, COMMITTED, TAGGED = "staged", "committed", "tagged"
 MARKER_PREFIX = "ddpo-hub-push:"
