@@ -25,6 +25,7 @@ from ddpo_hub.training.pipelines import (
     BUNDLED_BASE_MODEL_KEY,
     SCHEDULERS,
     bundled_models,
+    display_name,
     hub_repo_id,
     read_data_notice,
 )
@@ -124,7 +125,7 @@ def _display_model(value: str | None) -> str:
         return f"[`{value}`](/{value})"
     if value in bundled_models():
         return f"`{value}` (bundled with ddpo-hub)"
-    return f"`{Path(value).name}` (a local model)"
+    return f"`{display_name(value)}` (a local model)"
 
 
 def _public_value(key: str, value: object) -> str:

@@ -30,8 +30,10 @@ from huggingface_hub.errors import LocalEntryNotFoundError
 from PIL import Image
 from skimage.metrics import structural_similarity
 
-from ddpo_hub.space import app, deploy
-from ddpo_hub.space.app import STEP_RANGES, ModelCache, build_demo, fitted_defaults, scrub_paths
+from ddpo_hub.space import app, deploy, serving
+from ddpo_hub.space.access import scrub_paths
+from ddpo_hub.space.app import build_demo
+from ddpo_hub.space.serving import STEP_RANGES, ModelCache, fitted_defaults
 from ddpo_hub.training import pipelines
 from ddpo_hub.training.jpeg import encode_jpeg, to_pil
 from ddpo_hub.training.pipelines import BUNDLED_BASE_MODEL_KEY, build_pipeline, load_unet_and_scheduler_config
@@ -195,7 +197,7 @@ class SamplingGate:
         self.calls = 0
         self.reached = threading.Event()
         self._released = threading.Event()
-        original = app.sample_image
+        original = serving.sample_image
 
         def gated(*args, **kwargs):
             self.calls += 1
@@ -204,7 +206,7 @@ class SamplingGate:
                 self._released.wait(120)
             return original(*args, **kwargs)
 
-        monkeypatch.setattr(app, "sample_image", gated)
+        monkeypatch.setattr(serving, "sample_image", gated)
 
     def release(self) -> None:
         self._released.set()
@@ -557,7 +559,7 @@ def test_an_unreachable_hub_gives_visitors_a_sentence_and_the_log_the_rest(clien
         raise LocalEntryNotFoundError("Connection refused while fetching the snapshot")
 
     monkeypatch.setattr(pipelines, "snapshot_download", unreachable)
-    with pytest.raises(AppError) as error, caplog.at_level("WARNING", logger=app.__name__):
+    with pytest.raises(AppError) as error, caplog.at_level("WARNING", logger=serving.__name__):
         client.predict(model_id="someone/uncached-model", api_name="/generate")
     assert str(error.value) == (
         "someone/uncached-model cannot be fetched right now: the Hub does not answer this Space. Try again in a while."

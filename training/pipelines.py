@@ -172,6 +172,12 @@ def is_local_path(model: str | os.PathLike) -> bool:
         return False
 
 
+def display_name(model: str | os.PathLike) -> str:
+    """How a model is named to others (cards, published data, the Space): Hub ids and bundled names as they are,
+    local folders by their own name only, so no machine path is published."""
+    return Path(model).resolve().name if is_local_path(model) else str(model)
+
+
 def hub_repo_id(model: str | os.PathLike | None) -> str | None:
     """`model` if it is a valid Hub repo id and neither a local path nor a bundled model; else None."""
     if not model or is_local_path(model) or str(model) in bundled_models():
