@@ -12,14 +12,11 @@ name.
 
 from __future__ import annotations
 
-import hashlib
 import json
 import logging
 import os
-from collections.abc import Iterator, Sequence
-from contextlib import contextmanager
+from collections.abc import Sequence
 from functools import partial
-from pathlib import Path
 from typing import Literal
 
 import gradio as gr
@@ -36,6 +33,7 @@ from ddpo_hub.space.serving import (
     Space,
     check_and_load,
     estimate,
+    examples_cache_folder,
     generate,
     gpu_seconds,
     open_space,
@@ -49,35 +47,27 @@ except ImportError:
     spaces = None
 
 ExamplesCache = Literal["eager", "lazy", "off"]
-CSS = "#gallery .fixed-height { min-height: 0; }"
-"""Pass to `launch(css=CSS)`: the gallery is as tall as its rows (Gradio's default keeps 450 px for one row)."""
+CSS = "#gallery .fixed-height { min-height: 0; } #gallery .caption-label { white-space: normal; }"
+"""Pass to `launch(css=CSS)`: the gallery is as tall as its rows (Gradio's default keeps 450 px for one row), and a
+caption naming the sampler wraps under its thumbnail instead of being cut."""
 
 
-@contextmanager
-def examples_cache_folder(key: str) -> Iterator[None]:
-    """Point Gradio's example cache (read as `gr.Examples` is built) at a folder of its own for `key`, so
-    results cached for other models, weights or examples are never shown for these."""
-    previous = os.environ.get("GRADIO_EXAMPLES_CACHE")
-    root = Path(previous or ".gradio/cached_examples")
-    os.environ["GRADIO_EXAMPLES_CACHE"] = str(root / hashlib.sha256(key.encode()).hexdigest()[:16])
-    try:
-        yield
-    finally:
-        if previous is None:
-            del os.environ["GRADIO_EXAMPLES_CACHE"]
-        else:
-            os.environ["GRADIO_EXAMPLES_CACHE"] = previous
-
-
-def steps_for(space: Space, scheduler: str) -> gr.Number:
-    """The steps box for `scheduler`: its bounds (out-of-range values are refused, not clamped) and default."""
+def controls_for(space: Space, scheduler: str) -> tuple[gr.Number, gr.Number]:
+    """The steps box for `scheduler` (its bounds: out-of-range values are refused, not clamped; its default at
+    the speed measured now) and the eta box, shown for DDIM only."""
     steps = STEP_RANGES.get(scheduler, STEP_RANGES[DEFAULT_SCHEDULER])
-    return gr.Number(
+    steps_box = gr.Number(
         minimum=steps.minimum,
         maximum=steps.maximum,
-        value=space.defaults.steps.get(scheduler, steps.default),
+        value=space.refitted_defaults().steps.get(scheduler, steps.default),
         info=f"{scheduler}: {steps.minimum} to {steps.maximum}.",
     )
+    return steps_box, gr.Number(visible=scheduler == "DDIM")
+
+
+def images_for(space: Space) -> gr.Slider:
+    """The image count a page opens on, at the speed measured now."""
+    return gr.Slider(value=space.refitted_defaults().images)
 
 
 def build_demo(
@@ -105,6 +95,7 @@ def build_demo(
     device = device or torch.device("cuda" if torch.cuda.is_available() else "cpu")
     space = open_space(access, ModelCache(cache_size, device, measure=not zero_gpu))
     label, model, defaults = access.default_label, space.default_model, space.defaults
+    trained = defaults.trained
     base_note = (
         f"Also samples its base model, {model.base_model}, from the same seeds."
         if model.base_model
@@ -130,15 +121,28 @@ def build_demo(
                     info="A Hub repo id holding a diffusers DDPMPipeline.",
                 )
                 revision_box = gr.Textbox(value="", label="Revision", placeholder="main, or a tag such as epoch-10")
-                scheduler_radio = gr.Radio(list(STEP_RANGES), value=DEFAULT_SCHEDULER, label="Scheduler")
-                # A number box, not a slider: a slider clamps what is typed into it and runs that silently.
+                scheduler_radio = gr.Radio(
+                    list(STEP_RANGES),
+                    value=defaults.scheduler,
+                    label="Scheduler",
+                    info=f"Opens as trained: {trained.text}." if trained else None,
+                )
+                # Number boxes, not sliders: a slider clamps what is typed into it and runs that silently.
                 # No bounds here (the page sets the scheduler's at load): the API checks per scheduler.
                 steps_box = gr.Number(
-                    value=defaults.steps[DEFAULT_SCHEDULER],
+                    value=defaults.steps[defaults.scheduler],
                     precision=0,
                     step=1,
                     label="Inference steps",
                     elem_id="steps",
+                )
+                eta_box = gr.Number(
+                    value=defaults.eta,
+                    step=0.1,
+                    label="eta",
+                    info="DDIM's noise: 0 is deterministic, 1 as noisy as DDPM.",
+                    visible=defaults.scheduler == "DDIM",
+                    elem_id="eta",
                 )
                 images_slider = gr.Slider(
                     minimum=1,
@@ -169,12 +173,15 @@ def build_demo(
         handler = partial(generate, space, gallery.GRADIO_CACHE)
         if zero_gpu and spaces is not None:
             handler = spaces.GPU(duration=partial(gpu_seconds, space))(handler)
-        inputs = [model_box, scheduler_radio, steps_box, images_slider, seed_box, revision_box, compare_box]
+        inputs = [model_box, scheduler_radio, steps_box, images_slider, seed_box, revision_box, compare_box, eta_box]
         outputs = [gallery, table, summary_md]
         if examples_cache != "off":
+            samplers = [(name, defaults.steps[name], 0.0) for name in STEP_RANGES]
+            if trained:  # first: the sampler the model was trained with
+                samplers.insert(0, (trained.scheduler, trained.num_inference_steps, trained.eta or 0.0))
             examples = [
-                [label, name, defaults.steps[name], defaults.images, seed, "", True]
-                for seed, name in enumerate(STEP_RANGES)
+                [label, name, steps, defaults.images, seed, "", True, eta]
+                for seed, (name, steps, eta) in enumerate(samplers)
             ]
             key = json.dumps([space.default.source, model.fingerprint, examples, str(device)])
             with examples_cache_folder(key):
@@ -187,14 +194,15 @@ def build_demo(
                     cache_mode=examples_cache,
                     label="Examples: sampled once, shown at once",
                     elem_id="examples",
-                    visible_columns=[1, 2, 3, 4],  # scheduler, steps, images, seed: the rest is the default's
+                    visible_columns=[1, 2, 3, 4, 7],  # scheduler, steps, images, seed, eta: the rest is the default's
                 )
         private = dict(queue=False, api_visibility="private")
         estimate_inputs = [model_box, revision_box, steps_box, images_slider, compare_box]
         for control in estimate_inputs:
             control.change(partial(estimate, space), estimate_inputs, estimate_md, **private)
-        scheduler_radio.change(partial(steps_for, space), scheduler_radio, steps_box, **private)
-        demo.load(partial(steps_for, space), scheduler_radio, steps_box, **private)
+        scheduler_radio.change(partial(controls_for, space), scheduler_radio, [steps_box, eta_box], **private)
+        demo.load(partial(controls_for, space), scheduler_radio, [steps_box, eta_box], **private)
+        demo.load(partial(images_for, space), None, images_slider, **private)
         demo.load(partial(estimate, space), estimate_inputs, estimate_md, **private)
         button.click(partial(check_and_load, space), inputs, None, api_visibility="private").success(
             handler, inputs=inputs, outputs=outputs, api_name="generate"

@@ -7,9 +7,12 @@ app names, from which Gradio serves them unchanged; PIL images or arrays would b
 
 `generate` streams: each fine-tuned/base pair is shown as soon as it is sampled. Every image is sampled alone
 (`pipelines.sample_image`, as `ddpo-eval --batch-size 1` does), so a seed gives the same picture whatever else is
-requested. Defaults fit the hardware: the default model's UNet pass is timed at start-up, and the steps and image
-count proposed are those whose first pair and whole request finish within `FIRST_PAIR_SECONDS` and
-`REQUEST_SECONDS`; large UNets sample under bf16 (fp16 on GPUs without bf16) where the hardware runs it.
+requested. A model whose card records the sampler it was trained with (`rollout_sampler`) opens on it, since the
+JPEG cut it shows depends on the sampler; other models open on DDIM at eta 0. Defaults fit the hardware: the
+default model's UNet pass is timed at start-up (the median of several passes) and again by every image sampled,
+and the steps and image count proposed are those whose first pair and whole request finish within
+`FIRST_PAIR_SECONDS` and `REQUEST_SECONDS`; large UNets sample under bf16 (fp16 on GPUs without bf16) where the
+hardware runs it.
 """
 
 from __future__ import annotations
@@ -17,14 +20,16 @@ from __future__ import annotations
 import hashlib
 import json
 import logging
+import os
 import threading
 import time
-from collections import OrderedDict
+from collections import OrderedDict, deque
 from collections.abc import Callable, Iterator, Sequence
 from concurrent.futures import ThreadPoolExecutor
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
-from statistics import mean
+from statistics import mean, median
 from typing import TypeVar
 
 import gradio as gr
@@ -40,11 +45,14 @@ from ddpo_hub.training.pipelines import (
     LARGE_MODEL_PARAMETERS,
     SCHEDULERS,
     ModelLoadError,
+    Sampler,
     autocast,
     build_pipeline,
+    card_base_model,
+    card_rollout_sampler,
     fetch_pipeline_folder,
     load_unet_and_scheduler_config,
-    read_base_model,
+    read_card_data,
     read_data_notice,
     sample_image,
 )
@@ -82,6 +90,11 @@ ASSUMED_GPU_SECONDS_PER_FORWARD = 0.05
 """The estimate for an unmeasured model on ZeroGPU, where no UNet pass can run outside a request."""
 MAX_GPU_SECONDS = 300
 """The longest ZeroGPU lease a request asks for."""
+TIMED_PASSES = 5
+"""UNet passes timed when a model loads (after a warm-up pass): their median is its first speed figure."""
+RECENT_TIMINGS = 9
+"""Per-pass times kept (the start-up passes, then one per image sampled): the speed is their median, so it follows
+a changing load and no single slow pass sets it."""
 CPU_BF16_CHECKS = ("_is_avx512_bf16_supported", "_is_amx_tile_supported")
 """torch's own probes of native bf16 on CPUs (AVX512-BF16, AMX): without them bf16 is emulated and slower."""
 
@@ -97,13 +110,23 @@ class Throughput:
     """Seconds per UNet pass (batch 1) of a loaded model on the serving device: timed when the model is loaded,
     refreshed by every image sampled, and what estimates and defaults are computed from."""
 
-    seconds_per_forward: float
+    timings: deque[float]
+    """The latest per-pass times (`RECENT_TIMINGS` at most)."""
     measured: bool = True
 
+    @classmethod
+    def of(cls, timings: Sequence[float], *, measured: bool = True) -> Throughput:
+        return cls(deque(timings, maxlen=RECENT_TIMINGS), measured)
+
+    @property
+    def seconds_per_forward(self) -> float:
+        return median(self.timings)
+
     def record(self, seconds: float, forwards: int) -> None:
-        """Fold in one sampled image: the mean of the old figure and the new, so it follows a changing load."""
-        latest = seconds / max(forwards, 1)
-        self.seconds_per_forward = latest if not self.measured else (self.seconds_per_forward + latest) / 2
+        """Fold in one sampled image (`seconds` for `forwards` passes); an assumed figure is dropped."""
+        if not self.measured:
+            self.timings.clear()
+        self.timings.append(seconds / max(forwards, 1))
         self.measured = True
 
 
@@ -114,6 +137,8 @@ class LoadedModel:
     unet: UNet2DModel
     scheduler_config: dict
     base_model: str | None
+    trained: Sampler | None
+    """The sampler its card records it was trained with, when the Space can run it."""
     autocast_dtype: torch.dtype | None
     throughput: Throughput
     fingerprint: str
@@ -142,22 +167,40 @@ class Request:
 
 @dataclass(frozen=True)
 class Defaults:
-    """What the controls propose: steps per scheduler and an image count that fit the measured speed."""
+    """What the controls propose: the scheduler and eta, steps per scheduler and an image count."""
 
     steps: dict[str, int]
     images: int
+    scheduler: str = DEFAULT_SCHEDULER
+    eta: float = 0.0
+    trained: Sampler | None = None
+    """The sampler the default model was trained with, which the scheduler, its steps and eta are."""
 
 
-def fitted_defaults(seconds_per_forward: float, models: int) -> Defaults:
-    """The most steps (up to each scheduler's usual default) whose first pair of `models` images is shown within
-    `FIRST_PAIR_SECONDS`, and the most images (up to `DEFAULT_IMAGES`) that finish within `REQUEST_SECONDS`."""
+def fitted_defaults(seconds_per_forward: float, models: int, trained: Sampler | None = None) -> Defaults:
+    """The `trained` sampler where there is one; otherwise the most steps (up to each scheduler's usual default)
+    whose first pair of `models` images is shown within `FIRST_PAIR_SECONDS`. Then the most images (up to
+    `DEFAULT_IMAGES`) that finish within `REQUEST_SECONDS` at the default scheduler's steps."""
     per_seed = models * seconds_per_forward
     steps = {
         name: max(limits.minimum, min(limits.default, int(FIRST_PAIR_SECONDS / per_seed)))
         for name, limits in STEP_RANGES.items()
     }
-    images = max(1, min(DEFAULT_IMAGES, int(REQUEST_SECONDS / (per_seed * steps[DEFAULT_SCHEDULER]))))
-    return Defaults(steps=steps, images=images)
+    scheduler, eta = DEFAULT_SCHEDULER, 0.0
+    if trained is not None:  # as trained, however long it takes: fewer steps would show another cut
+        scheduler, eta = trained.scheduler, trained.eta or 0.0
+        steps[scheduler] = trained.num_inference_steps
+    images = max(1, min(DEFAULT_IMAGES, int(REQUEST_SECONDS / (per_seed * steps[scheduler]))))
+    return Defaults(steps=steps, images=images, scheduler=scheduler, eta=eta, trained=trained)
+
+
+def servable(sampler: Sampler | None) -> Sampler | None:
+    """`sampler` if the Space accepts its settings (a scheduler it offers, steps in range, eta in [0, 1])."""
+    if sampler is None or sampler.scheduler not in STEP_RANGES:
+        return None
+    steps = STEP_RANGES[sampler.scheduler]
+    in_range = steps.minimum <= sampler.num_inference_steps <= steps.maximum and 0 <= (sampler.eta or 0) <= 1
+    return sampler if in_range else None
 
 
 def sampling_dtype(unet: UNet2DModel, device: torch.device) -> torch.dtype | None:
@@ -173,21 +216,23 @@ def sampling_dtype(unet: UNet2DModel, device: torch.device) -> torch.dtype | Non
     return None
 
 
-def time_forward(unet: UNet2DModel, autocast_dtype: torch.dtype | None) -> float:
-    """Seconds of one batch-1 UNet pass as sampling runs it (after one warm-up pass, which sets up kernels)."""
+def time_forwards(unet: UNet2DModel, autocast_dtype: torch.dtype | None, passes: int = TIMED_PASSES) -> list[float]:
+    """Seconds of each of `passes` batch-1 UNet passes as sampling runs them, after one warm-up pass (which sets
+    up kernels)."""
     size = unet.config.sample_size
     height, width = (size, size) if isinstance(size, int) else size
     sample = torch.randn(1, unet.config.in_channels, height, width, device=unet.device)
     timestep = torch.tensor([500], device=unet.device)
+    timings = []
     with torch.inference_mode(), autocast(unet.device, autocast_dtype):
-        unet(sample, timestep)
-        if unet.device.type == "cuda":
-            torch.cuda.synchronize()
-        start = time.perf_counter()
-        unet(sample, timestep)
-        if unet.device.type == "cuda":
-            torch.cuda.synchronize()
-    return time.perf_counter() - start
+        for index in range(passes + 1):
+            start = time.perf_counter()
+            unet(sample, timestep)
+            if unet.device.type == "cuda":
+                torch.cuda.synchronize()
+            if index:
+                timings.append(time.perf_counter() - start)
+    return timings
 
 
 def weights_fingerprint(folder: Path) -> str:
@@ -201,7 +246,7 @@ class ModelCache:
     """Loaded models keyed by (model id, revision); beyond `max_models` the least recently used is dropped.
 
     Loading holds the lock, so simultaneous first requests for a model download and load it once. Each model's
-    UNet pass is timed as it loads (`time_forward`) unless `measure` is False (ZeroGPU: no GPU outside requests).
+    UNet pass is timed as it loads (`time_forwards`) unless `measure` is False (ZeroGPU: no GPU outside requests).
     Every UNet pass, timed or sampled, runs on `sampler`, one thread kept for the app's life: a CPU thread pool
     (OpenMP, oneDNN) is set up per calling thread, and Gradio runs each step of a streaming handler on whichever
     worker thread is free, which cost 10-20% on the celebahq-256 architecture. On 2 cores, two requests' images
@@ -235,14 +280,16 @@ class ModelCache:
             unet = unet.to(self.device).eval()
             dtype = sampling_dtype(unet, self.device)
             throughput = (
-                Throughput(self.sampler.submit(time_forward, unet, dtype).result())
+                Throughput.of(self.sampler.submit(time_forwards, unet, dtype).result())
                 if self.measure
-                else Throughput(ASSUMED_GPU_SECONDS_PER_FORWARD, measured=False)
+                else Throughput.of([ASSUMED_GPU_SECONDS_PER_FORWARD], measured=False)
             )
+            card = read_card_data(model_id, revision=revision, hub_only=hub_only)
             loaded = LoadedModel(
                 unet=unet,
                 scheduler_config=scheduler_config,
-                base_model=read_base_model(model_id, revision=revision, hub_only=hub_only),
+                base_model=card_base_model(card),
+                trained=servable(card_rollout_sampler(card)),
                 autocast_dtype=dtype,
                 throughput=throughput,
                 fingerprint=weights_fingerprint(folder),
@@ -264,6 +311,12 @@ class Space:
     default: ServedModel
     default_model: LoadedModel
     defaults: Defaults
+    """Fitted at start-up: the API's defaults and the examples' settings."""
+
+    def refitted_defaults(self) -> Defaults:
+        """The defaults at the default model's speed now (requests keep timing it): what a page opens on."""
+        model = self.default_model
+        return fitted_defaults(model.throughput.seconds_per_forward, 2 if model.base_model else 1, model.trained)
 
 
 def load(access: Access, cache: ModelCache, served: ServedModel, revision: str | None = None) -> LoadedModel:
@@ -282,15 +335,16 @@ def open_space(access: Access, cache: ModelCache) -> Space:
         model = load(access, cache, default)
     except gr.Error as error:
         raise ModelLoadError(f"The default model {default.label} cannot be served: {error.message}") from error
-    defaults = fitted_defaults(model.throughput.seconds_per_forward, 2 if model.base_model else 1)
+    defaults = fitted_defaults(model.throughput.seconds_per_forward, 2 if model.base_model else 1, model.trained)
     logger.info(
-        "%s: %.3f s per UNet pass (%s, %s); defaults %s steps, %d images",
+        "%s: %.3f s per UNet pass (%s, %s); defaults %s steps, %d images, %s",
         default.label,
         model.throughput.seconds_per_forward,
         cache.device,
         model.precision,
         defaults.steps,
         defaults.images,
+        f"as trained ({model.trained.text})" if model.trained else "no trained sampler recorded",
     )
     return Space(access, cache, default, model, defaults)
 
@@ -323,7 +377,9 @@ def prepare(space: Space, model_id: str, revision: str, compare_with_base: bool)
     return Request(label, model, base_served.label, base, runs)
 
 
-def check_request(scheduler: str, num_inference_steps: int | None, num_images: int | None, seed: int | None) -> None:
+def check_request(
+    scheduler: str, num_inference_steps: int | None, num_images: int | None, seed: int | None, eta: float | None
+) -> None:
     """Refuse settings the Space does not serve, with a sentence the user can act on (never clamped)."""
     if scheduler not in STEP_RANGES:
         raise gr.Error(f"Unknown scheduler {scheduler!r}: choose one of {', '.join(STEP_RANGES)}.")
@@ -337,6 +393,10 @@ def check_request(scheduler: str, num_inference_steps: int | None, num_images: i
         raise gr.Error(f"Generate between 1 and {MAX_IMAGES} images at a time; you asked for {num_images}.")
     if seed is None or not 0 <= seed <= MAX_SEED:
         raise gr.Error(f"The seed must be a whole number between 0 and {MAX_SEED}.")
+    if eta is None or not 0 <= eta <= 1:
+        raise gr.Error(
+            f"eta is DDIM's noise scale, between 0 (deterministic) and 1 (as much noise as DDPM); you asked for {eta}."
+        )
 
 
 def check_and_load(
@@ -348,9 +408,10 @@ def check_and_load(
     seed: int,
     revision: str = "",
     compare_with_base: bool = True,
+    eta: float = 0.0,
 ) -> None:
     """The page's first step: a refused request raises here, with no outputs, so the results shown stay."""
-    check_request(scheduler, num_inference_steps, num_images, seed)
+    check_request(scheduler, num_inference_steps, num_images, seed, eta)
     prepare(space, model_id, revision, compare_with_base)
 
 
@@ -374,16 +435,18 @@ def generate(
     seed: int,
     revision: str = "",
     compare_with_base: bool = True,
+    eta: float = 0.0,
     progress: gr.Progress = gr.Progress(),  # noqa: B008 (Gradio injects it by this default)
 ) -> Iterator[Update]:
     """Sample seeds seed, seed+1, ... and yield, after each image, every JPEG file so far (written to `cache_dir`)
-    with its byte size.
+    with its byte size. `eta` applies to DDIM only (the API's last parameter, so older calls keep working).
 
     Each seed's fine-tuned image and its base model's are sampled back to back, so a pair is shown as soon as
     it exists; the last value (what gradio_client's `predict` returns) holds them all.
     """
-    check_request(scheduler, num_inference_steps, num_images, seed)
+    check_request(scheduler, num_inference_steps, num_images, seed, eta)
     request = prepare(space, model_id, revision, compare_with_base)
+    sampler = Sampler(scheduler, num_inference_steps, eta if scheduler == "DDIM" else None)
     seeds = list(range(seed, seed + num_images))
     pipelines = {}
     for _, _, run_model in request.runs:
@@ -400,17 +463,17 @@ def generate(
             progress((len(gallery_items), total), desc=f"seed {seed_value}, {role or run_label}", unit="images")
             pipeline, dtype = pipelines[id(run_model)], run_model.autocast_dtype
             image, seconds = space.cache.sampler.submit(
-                timed, sample_image, pipeline, seed_value, num_inference_steps, autocast_dtype=dtype
+                timed, sample_image, pipeline, seed_value, num_inference_steps, eta=sampler.eta, autocast_dtype=dtype
             ).result()
             run_model.throughput.record(seconds, num_inference_steps)
             stem = f"{run_label.replace('/', '--').replace('@', '-')}-{scheduler}-seed{seed_value}.jpg"
             path, num_bytes = save_jpeg(image, stem, cache_dir)
             images[run_label].append(image)
             sizes[run_label].append(num_bytes)
-            gallery_items.append((path, size_caption(role, seed_value, num_bytes)))
+            gallery_items.append((path, size_caption(role, seed_value, num_bytes, sampler)))
             rows.append([run_label, scheduler, seed_value, num_bytes])
             if run_label == request.runs[-1][0]:  # the seed's last image: its figures are complete
-                summary = pairs_summary(request, images, sizes, compare_with_base)
+                summary = pairs_summary(request, sampler, images, sizes, compare_with_base)
             if left := total - len(gallery_items):
                 seconds_left = left * num_inference_steps * request.model.throughput.seconds_per_forward
                 yield gallery_items, rows, f"{summary} *Still sampling: about {duration_text(seconds_left)} to go.*"
@@ -427,6 +490,7 @@ def gpu_seconds(
     seed: int,
     revision: str = "",
     compare_with_base: bool = True,
+    eta: float = 0.0,
     progress: gr.Progress | None = None,
 ) -> int:
     """The ZeroGPU lease `generate` asks for: twice the estimate at the default model's speed, plus loading."""
@@ -448,23 +512,23 @@ def estimate(
     return estimate_text(model, int(num_inference_steps), int(num_images), models)
 
 
-def size_caption(role: str | None, seed: int, num_bytes: int) -> str:
-    """`seed 3, base: 4.321 kB`: the seed, the model and the exact size (bytes / 1000, the reward's unit).
-
-    Short, so that it fits under a thumbnail of a four-column gallery (Gradio cuts longer captions).
-    """
-    return f"seed {seed}{f', {role}' if role else ''}: {num_bytes / 1000:.3f} kB"
+def size_caption(role: str | None, seed: int, num_bytes: int, sampler: Sampler) -> str:
+    """`seed 3, base: 4.321 kB (DDIM, 20 steps, eta 1)`: the seed, the model, the exact size (bytes / 1000, the
+    reward's unit) and the sampler, so that a screenshot says what it shows (`CSS` lets it wrap to two lines)."""
+    return f"seed {seed}{f', {role}' if role else ''}: {num_bytes / 1000:.3f} kB ({sampler.text})"
 
 
 def summarize(
     model_id: str,
+    sampler: str,
     sizes: Sequence[int],
     base_model: str | None,
     base_sizes: Sequence[int],
     fidelity: dict[str, float] | None = None,
 ) -> str:
-    """One line: mean JPEG size, how much smaller than the base model's from the same seeds, and at what cost."""
-    line = f"**{model_id}**: mean JPEG size {mean(sizes):,.0f} bytes over {len(sizes)} image(s)"
+    """One line: the sampler, the mean JPEG size, how much smaller than the base model's from the same seeds, and
+    at what cost."""
+    line = f"**{model_id}** with {sampler}: mean JPEG size {mean(sizes):,.0f} bytes over {len(sizes)} image(s)"
     if not base_sizes:
         return line + "."
     change = 100 * (1 - mean(sizes) / mean(base_sizes))
@@ -522,12 +586,17 @@ def estimate_text(model: LoadedModel | None, num_inference_steps: int, num_image
 
 
 def pairs_summary(
-    request: Request, images: dict[str, list[Image.Image]], sizes: dict[str, list[int]], compare_with_base: bool
+    request: Request,
+    sampler: Sampler,
+    images: dict[str, list[Image.Image]],
+    sizes: dict[str, list[int]],
+    compare_with_base: bool,
 ) -> str:
     """The summary of the seeds sampled so far, every model's image of each (computed when a seed completes)."""
     base_images = images[request.base_label] if request.base else []
     summary = summarize(
         request.label,
+        f"{sampler.text} (as trained)" if sampler == request.model.trained else sampler.text,
         sizes[request.label],
         request.base_label,
         sizes[request.base_label] if request.base else [],
@@ -543,3 +612,19 @@ def timed(function: Callable[..., T], *args, **kwargs) -> tuple[T, float]:
     start = time.perf_counter()
     result = function(*args, **kwargs)
     return result, time.perf_counter() - start
+
+
+@contextmanager
+def examples_cache_folder(key: str) -> Iterator[None]:
+    """Point Gradio's example cache (read as `gr.Examples` is built) at a folder of its own for `key`, so
+    results cached for other models, weights or examples are never shown for these."""
+    previous = os.environ.get("GRADIO_EXAMPLES_CACHE")
+    root = Path(previous or ".gradio/cached_examples")
+    os.environ["GRADIO_EXAMPLES_CACHE"] = str(root / hashlib.sha256(key.encode()).hexdigest()[:16])
+    try:
+        yield
+    finally:
+        if previous is None:
+            del os.environ["GRADIO_EXAMPLES_CACHE"]
+        else:
+            os.environ["GRADIO_EXAMPLES_CACHE"] = previous

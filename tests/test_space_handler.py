@@ -2,16 +2,27 @@
 
 from __future__ import annotations
 
+import itertools
+import time
 from pathlib import Path
 
 import gradio as gr
 import pytest
 import torch
+from diffusers import UNet2DModel
 from huggingface_hub import ModelCard, ModelCardData
 
 from ddpo_hub.space.access import Access
-from ddpo_hub.space.serving import ModelCache, Space, generate, open_space
-from tests.helpers import make_tiny_pipeline
+from ddpo_hub.space.serving import (
+    ModelCache,
+    Space,
+    Throughput,
+    fitted_defaults,
+    generate,
+    open_space,
+    time_forwards,
+)
+from tests.helpers import TINY_UNET_CONFIG, make_tiny_pipeline
 
 
 def save_model(folder: Path, weights_seed: int, base_model: str | None = None) -> str:
@@ -45,7 +56,7 @@ def test_byte_sizes_are_the_sizes_of_the_files_written(space, tmp_path):
     for (path, caption), (label, scheduler, seed, num_bytes) in zip(gallery, rows, strict=True):
         assert Path(path).parent.parent == tmp_path  # in the given cache folder, as Gradio serves it
         assert Path(path).stat().st_size == num_bytes
-        assert caption == f"seed {seed}: {num_bytes / 1000:.3f} kB"
+        assert caption == f"seed {seed}: {num_bytes / 1000:.3f} kB (DDIM, 2 steps, eta 0)"
         assert (label, scheduler) == ("finetuned", "DDIM")
     assert [row[2] for row in rows] == [5, 6]
     assert "over 2 image(s)" in summary and "Still sampling" not in summary
@@ -99,3 +110,25 @@ def test_steps_out_of_range_are_refused_not_clamped(space, tmp_path, scheduler, 
         run(space, tmp_path, scheduler=scheduler, num_inference_steps=steps)
     assert error.value.message == message
     assert list(tmp_path.iterdir()) == []
+
+
+@pytest.mark.parametrize("eta", [-0.5, 1.01])
+def test_eta_outside_0_to_1_is_refused(space, tmp_path, eta):
+    with pytest.raises(gr.Error, match=f"eta is DDIM's noise scale.*you asked for {eta}"):
+        run(space, tmp_path, eta=eta)
+
+
+def test_one_slow_timing_pass_does_not_change_the_fitted_defaults():
+    """A pass slowed by a busy machine (the start-up timing once measured 0.524 s for a 0.016 s pass) is outvoted by
+    the others, at start-up and while serving."""
+    unet = UNet2DModel(**TINY_UNET_CONFIG).eval()
+    steady = Throughput.of(time_forwards(unet, None))
+    expected = fitted_defaults(steady.seconds_per_forward, models=2)
+    passes = itertools.count()
+    unet.register_forward_pre_hook(lambda *_: time.sleep(1.0) if next(passes) == 2 else None)  # the 2nd timed pass
+    slowed = Throughput.of(time_forwards(unet, None))
+    assert max(slowed.timings) >= 1.0
+    assert fitted_defaults(max(slowed.timings), models=2) != expected  # what that pass alone would have proposed
+    assert fitted_defaults(slowed.seconds_per_forward, models=2) == expected
+    steady.record(seconds=20.0, forwards=20)  # one image sampled at 1 s per pass
+    assert fitted_defaults(steady.seconds_per_forward, models=2) == expected
