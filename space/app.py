@@ -88,8 +88,9 @@ def build_demo(
     named in its card is always allowed with it. Visitors may otherwise name Hub repo ids and the bundled
     models; server folders are served only when the operator named them here, and shown by their names.
     The default model is loaded and timed here, and the controls' defaults fitted to it. `examples_cache`:
-    the seeded examples (one per scheduler) are sampled at launch ("eager"), at first use ("lazy") or not
-    shown. `zero_gpu`: `generate` runs under `spaces.GPU` for a duration derived from the request.
+    the seeded examples (the trained sampler, then one per scheduler) are sampled at launch ("eager"), at
+    first use ("lazy") or not shown. `zero_gpu`: `generate` runs under `spaces.GPU` for a duration derived
+    from the request.
     """
     access = Access.for_operator(model_id or TINY_BASE_MODEL.name, allowed_models)
     device = device or torch.device("cuda" if torch.cuda.is_available() else "cpu")
