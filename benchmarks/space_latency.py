@@ -26,7 +26,8 @@ from diffusers import UNet2DModel
 from gradio_client import Client
 from huggingface_hub import ModelCard, ModelCardData
 
-from ddpo_hub.space.app import build_demo, match_threads, sampling_dtype
+from ddpo_hub.space.app import build_demo, match_threads
+from ddpo_hub.space.serving import sampling_dtype
 from ddpo_hub.training.jpeg import encode_jpeg
 from ddpo_hub.training.pipelines import build_pipeline, load_unet_and_scheduler_config
 

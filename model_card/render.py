@@ -23,8 +23,10 @@ from ddpo_hub.training import jpeg
 from ddpo_hub.training.humanize import duration_text
 from ddpo_hub.training.pipelines import (
     BUNDLED_BASE_MODEL_KEY,
+    ROLLOUT_SAMPLER_KEY,
     SCHEDULERS,
     bundled_models,
+    display_name,
     hub_model_id,
     read_data_notice,
 )
@@ -61,6 +63,10 @@ FIDELITY_METRICS = {
     "subject_rate": "Share of images the base's judge calls a subject",
     "kid_to_base": "KID to the base model in the judge's features",
 }
+
+SAMPLER_ORDER = ("rollout", "ddim", "pndm", "ddpm")
+"""The results table's rows: the sampler the model was trained with first (the Space's default), then the stock
+samplers (DDIM at eta 0, PNDM, DDPM), then any others."""
 
 _SECRET_KEY = re.compile(r"token|secret|password", re.IGNORECASE)
 
@@ -120,7 +126,7 @@ def _display_model(value: str | None) -> str:
         return f"[`{value}`](/{value})"
     if value in bundled_models():
         return f"`{value}` (bundled with ddpo-hub)"
-    return f"`{Path(value).name}` (a local model)"
+    return f"`{display_name(value)}` (a local model)"
 
 
 def _public_value(key: str, value: object) -> str:
@@ -240,6 +246,7 @@ def card_data(run: Run, *, repo_id: str | None, evaluation: dict | None, license
         model_name=_model_name(run, repo_id),
         eval_results=results or None,
         **bundled,
+        **{ROLLOUT_SAMPLER_KEY: run.rollout_sampler.card_value()},
     )
 
 
@@ -289,12 +296,13 @@ def _epoch_label(epoch: int) -> str:
 
 def _evaluation_context(evaluation: dict, image_names: set[str]) -> dict:
     rows = []
-    for key, entry in evaluation["schedulers"].items():
+    ordered = sorted(evaluation["schedulers"].items(), key=lambda item: _sampler_rank(item[0]))
+    for key, entry in ordered:
         base = entry.get("base") or {}
         grid = entry.get("grid")
         rows.append(
             {
-                "name": entry["name"],
+                "name": f"{entry['name']}, eta 0" if key == "ddim" else entry["name"],
                 "steps": entry["num_inference_steps"],
                 "num_images": evaluation["num_images"],
                 "seeds": _seed_range(evaluation["seeds"]),
@@ -316,12 +324,17 @@ def _evaluation_context(evaluation: dict, image_names: set[str]) -> dict:
         )
     return {
         "rows": rows,
+        "trained_first": "rollout" in evaluation["schedulers"],
         "judged": any("subject_kept" in (entry.get("fidelity") or {}) for entry in evaluation["schedulers"].values()),
         "num_images": evaluation["num_images"],
         "seeds": _seed_range(evaluation["seeds"]),
         "jpeg_quality": evaluation["jpeg"]["quality"],
         "base": _display_model(evaluation.get("base")) if evaluation.get("base") else "not evaluated",
     }
+
+
+def _sampler_rank(key: str) -> int:
+    return SAMPLER_ORDER.index(key) if key in SAMPLER_ORDER else len(SAMPLER_ORDER)
 
 
 def _steps(evaluation: dict | None) -> dict[str, int]:
@@ -371,6 +384,7 @@ def _render(run: Run, *, repo_id: str | None, evaluation: dict | None, license: 
         "steps": _steps(evaluation),
         "evaluation": _evaluation_context(evaluation, set(drawn)) if evaluation else None,
         "training_scheduler": str(run.config.get("scheduler", "ddim")).upper(),
+        "trained_sampler": run.rollout_sampler.text,
         "curve": f"{CARD_IMAGES_DIR}/training_curves.png" if "training_curves.png" in drawn else None,
         "frontier": f"{CARD_IMAGES_DIR}/frontier.png" if "frontier.png" in drawn else None,
         "subject_frontier": f"{CARD_IMAGES_DIR}/subject_frontier.png" if "subject_frontier.png" in drawn else None,

@@ -1,8 +1,8 @@
 """Publish the demo: `python -m ddpo_hub.space.deploy --space-id me/ddpo-demo --model-id me/ddpo-tiny`.
 
 Creates (or updates) a Gradio Space on the Hub named by `HF_ENDPOINT` (huggingface.co by default), sets its
-`MODEL_ID` variable and uploads, in one commit, the app with the `ddpo_hub.training` modules it imports (under
-`ddpo_hub/training/`, so `app.py` imports them as it does from an install) and the bundled default model.
+`MODEL_ID` variable and uploads, in one commit, the app with the `ddpo_hub.space` and `ddpo_hub.training` modules
+it imports (under `ddpo_hub/`, so `app.py` imports them as it does from an install) and the bundled default model.
 Those copies exist only in the Space repo, so our tree keeps one version of each. The Space card's front
 matter is fitted to the model (its size and image size, read from its UNet config without its weights).
 """
@@ -31,6 +31,8 @@ from ddpo_hub.training.pipelines import (
 
 SPACE_DIR = Path(__file__).resolve().parent
 APP_FILES = ("app.py", "requirements.txt")
+SPACE_MODULES = ("__init__.py", "serving.py", "access.py")
+"""The modules beside `app.py` that it imports, copied to `ddpo_hub/space/` in the Space repo."""
 TRAINING_MODULES = ("__init__.py", "jpeg.py", "pipelines.py", "fidelity.py", "judge.py", "emoji_data.py")
 """The part of the `ddpo_hub.training` package that `app.py` imports."""
 SPACE_PACKAGE_DIR = "ddpo_hub/training"
@@ -90,6 +92,7 @@ def space_files(model_id: str, base_model: str | None, facts: ModelFacts) -> lis
     package_dir = Path(training.__file__).resolve().parent
     operations = [CommitOperationAdd("README.md", space_card(model_id, base_model, facts).encode())]
     operations += [CommitOperationAdd(name, SPACE_DIR / name) for name in APP_FILES]
+    operations += [CommitOperationAdd(f"ddpo_hub/space/{name}", SPACE_DIR / name) for name in SPACE_MODULES]
     operations += [CommitOperationAdd(f"{SPACE_PACKAGE_DIR}/{name}", package_dir / name) for name in TRAINING_MODULES]
     bundled = sorted(path for path in TINY_BASE_MODEL.rglob("*") if path.is_file())
     operations += [

@@ -18,7 +18,7 @@ from ddpo_hub.model_card import render_card, write_card
 from ddpo_hub.model_card.figures import nice_ticks
 from ddpo_hub.training import evaluate
 from ddpo_hub.training.cli import card_main
-from ddpo_hub.training.pipelines import read_base_model
+from ddpo_hub.training.pipelines import Sampler, card_rollout_sampler, read_base_model, read_card_data
 from ddpo_hub.training.run_folder import read_metrics
 from tests.run_folder import CONFIG, make_run_folder, metrics_row, sample_grid
 
@@ -29,7 +29,7 @@ TAGS = ["pytorch", "diffusers", "unconditional-image-generation", "reinforcement
 def evaluated_run(tmp_path_factory, tiny_pipeline_dir) -> Path:
     """A run whose base is a local folder, evaluated by the real `ddpo-eval` CLI (grids included)."""
     run = make_run_folder(tmp_path_factory.mktemp("evaluated") / "run", epochs=4, seed=1, base_model=tiny_pipeline_dir)
-    argv = ["--model", str(run), "--schedulers", "ddpm,ddim,pndm", "--num-images", "3", "--seed", "7",
+    argv = ["--model", str(run), "--schedulers", "ddpm,ddim,pndm,rollout", "--num-images", "3", "--seed", "7",
             "--num-inference-steps", "ddpm=2,ddim=2,pndm=4", "--device", "cpu"]  # fmt: skip
     assert evaluate.main(argv) == 0
     return run
@@ -62,6 +62,9 @@ def test_metadata_round_trips_through_model_card_load(tmp_path):
         "unconditional-image-generation",
     )
     assert data.base_model == "google/ddpm-celebahq-256"
+    # The sampler it was trained with travels with the model, for the Space to open on.
+    assert data.rollout_sampler == {"scheduler": "DDIM", "num_inference_steps": 4, "eta": 1.0}
+    assert card_rollout_sampler(read_card_data(tmp_path / "out")) == Sampler("DDIM", 4, 1.0)
     assert data.tags == [*TAGS, "jpeg_compressibility"]
     # Without ddpo-eval, the model-index reports the training samples of the last epoch, saying so.
     assert data.model_name == "ddpo-tiny"
@@ -134,10 +137,12 @@ def test_results_table_and_model_index_match_the_eval_json(evaluated_run, tiny_p
     card = ModelCard.load(readme)
 
     rows = _table(card.text, "| Scheduler |")
-    assert [row[0] for row in rows] == ["DDPM", "DDIM", "PNDM"]
-    for row, (key, entry) in zip(rows, results["schedulers"].items(), strict=True):
-        name, steps, images, seeds, base_mean, base_median, mean, median, change, ssim, diversity, spread, edges = row
-        assert (name, int(steps), int(images), seeds) == (key.upper(), entry["num_inference_steps"], 3, "7–9")
+    # The trained sampler heads the table (the Space's default), then DDIM at eta 0, PNDM and DDPM.
+    names = {"rollout": "DDIM, eta 1 (trained)", "ddim": "DDIM, eta 0", "pndm": "PNDM", "ddpm": "DDPM"}
+    for row, (key, name) in zip(rows, names.items(), strict=True):
+        entry = results["schedulers"][key]
+        shown, steps, images, seeds, base_mean, base_median, mean, median, change, ssim, diversity, spread, edges = row
+        assert (shown, int(steps), int(images), seeds) == (name, entry["num_inference_steps"], 3, "7–9")
         assert float(base_mean.replace(",", "")) == pytest.approx(entry["base"]["mean"], abs=0.05)
         assert float(base_median.replace(",", "")) == entry["base"]["median"]
         assert float(mean.replace(",", "")) == pytest.approx(entry["model"]["mean"], abs=0.05)
@@ -165,6 +170,10 @@ def test_results_table_and_model_index_match_the_eval_json(evaluated_run, tiny_p
         for key, entry in results["schedulers"].items()
         for name, value in entry["fidelity"].items()
     }
+    assert (
+        "The cut depends on the sampler: the first row is the one this model was trained with (DDIM, 4 steps, eta 1), "
+        "which the ddpo-hub demo Space samples with by default." in " ".join(card.text.split())
+    )
     assert card.data.base_model is None  # a local folder is not valid `base_model` metadata
     assert "(a local model)" in card.text and tiny_pipeline_dir not in card.text
 

@@ -22,7 +22,7 @@ from urllib.request import urlopen
 import numpy as np
 import pytest
 import torch
-from diffusers import DDPMPipeline, DDPMScheduler, UNet2DModel
+from diffusers import DDIMPipeline, DDPMPipeline, DDPMScheduler, UNet2DModel
 from gradio_client import Client
 from gradio_client.exceptions import AppError
 from huggingface_hub import HfApi, ModelCard, ModelCardData, SpaceCard, constants, snapshot_download
@@ -30,11 +30,19 @@ from huggingface_hub.errors import LocalEntryNotFoundError
 from PIL import Image
 from skimage.metrics import structural_similarity
 
-from ddpo_hub.space import app, deploy
-from ddpo_hub.space.app import STEP_RANGES, ModelCache, build_demo, fitted_defaults, scrub_paths
+from ddpo_hub.space import app, deploy, serving
+from ddpo_hub.space.access import scrub_paths
+from ddpo_hub.space.app import build_demo
+from ddpo_hub.space.serving import STEP_RANGES, ModelCache, fitted_defaults
 from ddpo_hub.training import pipelines
 from ddpo_hub.training.jpeg import encode_jpeg, to_pil
-from ddpo_hub.training.pipelines import BUNDLED_BASE_MODEL_KEY, build_pipeline, load_unet_and_scheduler_config
+from ddpo_hub.training.pipelines import (
+    BUNDLED_BASE_MODEL_KEY,
+    ROLLOUT_SAMPLER_KEY,
+    Sampler,
+    build_pipeline,
+    load_unet_and_scheduler_config,
+)
 from ddpo_hub.training.rewards import jpeg_compressibility
 from tests.helpers import TINY_UNET_CONFIG, free_port, make_tiny_pipeline
 
@@ -134,11 +142,14 @@ def training_rewards(images: list[Image.Image]) -> np.ndarray:
 
 def caption_bytes(caption: str) -> int:
     """The size a caption states, in bytes (captions give kB = bytes / 1000 to three decimals: exact)."""
-    return round(1000 * float(re.fullmatch(r"seed \d+(?:, [a-z-]+)?: (\d+\.\d{3}) kB", caption).group(1)))
+    return round(1000 * float(re.fullmatch(r"seed \d+(?:, [a-z-]+)?: (\d+\.\d{3}) kB \(.+\)", caption).group(1)))
 
 
-def check_served_jpegs(result, expected: dict[str, list[Image.Image]], scheduler: str, seeds: list[int]) -> None:
-    """Gallery, table and images agree: per seed one image per model, the bytes measured are the bytes served."""
+def check_served_jpegs(
+    result, expected: dict[str, list[Image.Image]], scheduler: str, seeds: list[int], sampler: str | None = None
+) -> None:
+    """Gallery, table and images agree: per seed one image per model, the bytes measured are the bytes served;
+    captions name the sampler (`sampler`, e.g. `DDIM, 3 steps, eta 0`; by default only its scheduler is checked)."""
     gallery, table, _ = result
     assert table["headers"] == ["model", "scheduler", "seed", "bytes"]
     assert len(gallery) == len(table["data"]) == len(seeds) * len(expected)
@@ -153,7 +164,8 @@ def check_served_jpegs(result, expected: dict[str, list[Image.Image]], scheduler
             assert len(data) == num_bytes == caption_bytes(item["caption"])
             assert rewards[label][index] == -num_bytes / 1000
             role = f", {('fine-tuned', 'base')[position]}" if len(expected) > 1 else ""
-            assert item["caption"] == f"seed {seed}{role}: {num_bytes / 1000:.3f} kB"
+            assert item["caption"].startswith(f"seed {seed}{role}: {num_bytes / 1000:.3f} kB ({sampler or scheduler}")
+            assert item["caption"].endswith(f"({sampler})" if sampler else ")")
 
 
 @pytest.mark.parametrize("scheduler", ["DDPM", "DDIM", "PNDM"])
@@ -195,7 +207,7 @@ class SamplingGate:
         self.calls = 0
         self.reached = threading.Event()
         self._released = threading.Event()
-        original = app.sample_image
+        original = serving.sample_image
 
         def gated(*args, **kwargs):
             self.calls += 1
@@ -204,7 +216,7 @@ class SamplingGate:
                 self._released.wait(120)
             return original(*args, **kwargs)
 
-        monkeypatch.setattr(app, "sample_image", gated)
+        monkeypatch.setattr(serving, "sample_image", gated)
 
     def release(self) -> None:
         self._released.set()
@@ -476,6 +488,90 @@ def test_model_cache_is_bounded_and_keyed_by_revision(tiny_pipeline_dir, models)
     assert cache.get(tiny_pipeline_dir) is not first
 
 
+@pytest.fixture(scope="module")
+def trained_space(models, hub_server, tmp_path_factory):
+    """The demo serving a model whose card records its rollouts' sampler, DDIM 3 steps at eta 1: (id, url)."""
+    api = HfApi(endpoint=hub_server.endpoint, token=hub_server.token)
+    repo_id = hub_server.unique_repo_id("tiny-ddpo-eta1")
+    folder = tmp_path_factory.mktemp("pipeline")
+    make_tiny_pipeline(7).save_pretrained(folder)
+    card_data = ModelCardData(base_model=models.base, **{ROLLOUT_SAMPLER_KEY: Sampler("DDIM", 3, 1.0).card_value()})
+    ModelCard.from_template(card_data, template_str="---\n{{ card_data }}\n---\n# Tiny\n").save(folder / "README.md")
+    api.create_repo(repo_id)
+    api.upload_folder(repo_id=repo_id, folder_path=folder)
+    with pytest.MonkeyPatch.context() as env:
+        env.setenv("GRADIO_ANALYTICS_ENABLED", "False")
+        env.setenv("GRADIO_EXAMPLES_CACHE", str(tmp_path_factory.mktemp("examples")))
+        demo = build_demo(repo_id, device=DEVICE, examples_cache="lazy")
+        demo.launch(server_name="127.0.0.1", server_port=free_port(), prevent_thread_lock=True, quiet=True)
+    try:
+        yield repo_id, demo.local_url
+    finally:
+        demo.close()
+
+
+def stock_ddim_images(model_id: str, steps: int, seeds: list[int], eta: float) -> list[Image.Image]:
+    """What diffusers' own DDIMPipeline makes of the model's folder, image i alone from seed i."""
+    pipeline = DDIMPipeline.from_pretrained(snapshot_download(model_id)).to(DEVICE)
+    return [
+        pipeline(
+            batch_size=1, num_inference_steps=steps, eta=eta, generator=torch.Generator().manual_seed(seed)
+        ).images[0]
+        for seed in seeds
+    ]
+
+
+def generate_parameters(client: Client) -> dict[str, object]:
+    """The `/generate` API's parameters, in order, with the defaults a call that leaves them out gets."""
+    parameters = client.view_api(print_info=False, return_format="dict")["named_endpoints"]["/generate"]["parameters"]
+    return {parameter["parameter_name"]: parameter["parameter_default"] for parameter in parameters}
+
+
+def test_a_model_trained_with_ddim_eta_1_is_served_as_trained_by_default(trained_space, models, tmp_path):
+    repo_id, url = trained_space
+    client = Client(url, download_files=str(tmp_path), verbose=False)
+    defaults = generate_parameters(client)
+    assert list(defaults) == [
+        "model_id", "scheduler", "num_inference_steps", "num_images", "seed", "revision", "compare_with_base", "eta"
+    ]  # fmt: skip
+    assert (defaults["scheduler"], defaults["num_inference_steps"], defaults["eta"]) == ("DDIM", 3, 1.0)
+    result = client.predict(api_name="/generate")  # every setting the default
+    seeds = list(range(defaults["num_images"]))
+    expected = {label: stock_ddim_images(label, 3, seeds, eta=1.0) for label in (repo_id, models.base)}
+    check_served_jpegs(result, expected, "DDIM", seeds, "DDIM, 3 steps, eta 1")
+    assert f"**{repo_id}** with DDIM, 3 steps, eta 1 (as trained): mean JPEG size" in result[2]
+
+    deterministic = client.predict(num_images=1, eta=0, api_name="/generate")
+    expected = {label: stock_ddim_images(label, 3, [0], eta=0.0) for label in (repo_id, models.base)}
+    check_served_jpegs(deterministic, expected, "DDIM", [0], "DDIM, 3 steps, eta 0")
+    assert "with DDIM, 3 steps, eta 0: mean" in deterministic[2]  # not the trained sampler
+    assert Path(deterministic[0][0]["image"]).read_bytes() != Path(result[0][0]["image"]).read_bytes()
+
+    for eta in (1.5, -0.1):
+        message = (
+            f"eta is DDIM's noise scale, between 0 (deterministic) and 1 (as much noise as DDPM); you asked for {eta}."
+        )
+        with pytest.raises(AppError, match=re.escape(message)):
+            client.predict(num_images=1, eta=eta, api_name="/generate")
+
+    # The page opens on it, says so, and its first example is it.
+    config = json.loads(urlopen(f"{url}config", timeout=30).read())
+    radio = next(c["props"] for c in config["components"] if c["props"].get("label") == "Scheduler")
+    assert radio["info"] == "Opens as trained: DDIM, 3 steps, eta 1."
+    examples = next(c["props"] for c in config["components"] if c["props"].get("elem_id") == "examples")
+    assert examples["headers"] == ["Scheduler", "Inference steps", "Images", "Seed", "eta"]
+    assert examples["samples"][0] == ["DDIM", 3, defaults["num_images"], 0, 1.0]
+
+
+def test_a_model_without_a_recorded_sampler_keeps_todays_defaults(client, space_url):
+    defaults = generate_parameters(client)
+    assert (defaults["scheduler"], defaults["num_inference_steps"], defaults["eta"]) == ("DDIM", 50, 0.0)
+    assert defaults["num_images"] == 4
+    config = json.loads(urlopen(f"{space_url}config", timeout=30).read())
+    radio = next(c["props"] for c in config["components"] if c["props"].get("label") == "Scheduler")
+    assert not radio.get("info")
+
+
 @pytest.mark.slow
 def test_deployed_space_runs_on_its_own(models, hub_server, hub_token, tmp_path, capsys):
     """`python -m ddpo_hub.space.deploy` makes a self-contained Space repo; `python app.py` in a copy of it serves."""
@@ -557,7 +653,7 @@ def test_an_unreachable_hub_gives_visitors_a_sentence_and_the_log_the_rest(clien
         raise LocalEntryNotFoundError("Connection refused while fetching the snapshot")
 
     monkeypatch.setattr(pipelines, "snapshot_download", unreachable)
-    with pytest.raises(AppError) as error, caplog.at_level("WARNING", logger=app.__name__):
+    with pytest.raises(AppError) as error, caplog.at_level("WARNING", logger=serving.__name__):
         client.predict(model_id="someone/uncached-model", api_name="/generate")
     assert str(error.value) == (
         "someone/uncached-model cannot be fetched right now: the Hub does not answer this Space. Try again in a while."
@@ -633,3 +729,40 @@ def test_browser_streams_shows_examples_at_once_and_keeps_results_on_error(space
     assert truncated == [False] * 4, texts
     assert gallery_height < 1.5 * thumbnail_height, (gallery_height, thumbnail_height)
     assert served == [caption_bytes(text) for text in texts]  # the browser gets the measured files
+
+
+@pytest.mark.slow
+def test_browser_shows_eta_for_ddim_only_and_the_captions_name_the_sampler(space_url):
+    if not Path(CHROMIUM).exists():
+        pytest.skip(f"no Chromium at {CHROMIUM} (set CHROMIUM_PATH); CI installs Debian's chromium")
+    from playwright.sync_api import expect, sync_playwright
+
+    with sync_playwright() as playwright:
+        browser = playwright.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_ARGS)
+        try:
+            page = browser.new_page(viewport={"width": 1400, "height": 900})
+            page.goto(space_url)
+            eta = page.locator("#eta input[type=number]")
+            expect(eta).to_be_visible()  # DDIM, the default
+            page.get_by_role("radio", name="PNDM").check()
+            expect(eta).to_be_hidden()
+            page.get_by_role("radio", name="DDIM").check()
+            expect(eta).to_be_visible()
+            page.locator("#steps input[type=number]").fill("3")
+            eta.fill("0.5")
+            images = page.locator("#num-images input[type=number]")
+            images.fill("1")
+            images.press("Enter")
+            page.get_by_role("button", name="Generate").click()
+            captions = page.locator("#gallery .caption-label")
+            expect(captions).to_have_count(2, timeout=60_000)
+            summary = page.locator("#summary")
+            expect(summary).not_to_contain_text("Still sampling", timeout=30_000)
+            expect(summary).to_contain_text("with DDIM, 3 steps, eta 0.5: mean JPEG size")
+            texts = captions.all_inner_texts()
+            truncated = captions.evaluate_all("labels => labels.map(label => label.scrollWidth > label.clientWidth)")
+        finally:
+            browser.close()
+    assert [text.split(": ")[0] for text in texts] == ["seed 0, fine-tuned", "seed 0, base"], texts
+    assert all(text.endswith("kB (DDIM, 3 steps, eta 0.5)") for text in texts), texts
+    assert truncated == [False, False], texts

@@ -149,7 +149,7 @@ def test_an_emoji_run_reports_the_subject_in_metrics_evaluation_card_and_space(t
     write_evaluation(results, samples, run_dir / "eval_results.json")
     card = ModelCard.load(write_card(run_dir, run_dir))
     header = next(line for line in card.text.splitlines() if line.startswith("| Scheduler |"))
-    row_text = next(line for line in card.text.splitlines() if line.startswith("| DDIM |"))
+    row_text = next(line for line in card.text.splitlines() if line.startswith("| DDIM, eta 0 |"))
     cells = dict(zip(header.strip("|").split("|"), row_text.strip("|").split("|"), strict=True))
     assert float(cells[" Subject kept "]) == pytest.approx(fidelity["subject_kept"], abs=0.005)
     assert float(cells[" KID to base "]) == pytest.approx(fidelity["kid_to_base"], abs=0.0005)

@@ -60,6 +60,7 @@ from .judge import load_judge
 from .pipelines import (
     ModelLoadError,
     build_pipeline,
+    display_name,
     fetch_pipeline_folder,
     hub_repo_id,
     load_unet_and_scheduler_config,
@@ -323,7 +324,7 @@ def push_eval_dataset(
     from datasets import Dataset, Features, Value
     from datasets import Image as ImageFeature
 
-    names = {"model": _display_name(results["model"]), "base": _display_name(results["base"])}
+    names = {role: display_name(results[role]) if results[role] else None for role in ("model", "base")}
     columns: dict[str, list] = {
         key: [] for key in ("image", "model", "role", "scheduler", "num_inference_steps", "seed", "jpeg_bytes")
     }
@@ -357,14 +358,6 @@ def push_eval_dataset(
         commit_message=f"ddpo-eval: {results['num_images']} images per model and scheduler of {names['model']}",
     )
     return str(info.commit_url)
-
-
-def _display_name(model: str | None) -> str | None:
-    """Hub ids as they are; local folders by their name only (no machine paths in published data)."""
-    if model is None:
-        return None
-    path = Path(model)
-    return path.name if path.exists() else model
 
 
 def fidelity_text(entry: dict) -> str:

@@ -24,7 +24,7 @@ from diffusers import (
     PNDMScheduler,
     UNet2DModel,
 )
-from huggingface_hub import ModelCard, constants, hf_hub_download, snapshot_download
+from huggingface_hub import ModelCard, ModelCardData, constants, hf_hub_download, snapshot_download
 from huggingface_hub.errors import (
     EntryNotFoundError,
     GatedRepoError,
@@ -70,6 +70,44 @@ suggests a GPU; smaller ones stay in fp32, where they are fast anyway and equal 
 BUNDLED_BASE_MODEL_KEY = "bundled_base_model"
 """Card metadata naming a base model shipped with this project (e.g. `tiny-textures-32`): `base_model` takes
 Hub ids only, and a bundled model has none, so the card names it here by its bundled name."""
+
+
+ROLLOUT_SAMPLER_KEY = "rollout_sampler"
+"""Card metadata recording the sampler a model was trained with (`Sampler.card_value`): the JPEG cut a model
+shows depends on the sampler, and this is the one where the reward shaped it."""
+
+
+@dataclass(frozen=True)
+class Sampler:
+    """A scheduler with its step count and, for DDIM, its eta: what decides which image a seed gives."""
+
+    scheduler: str
+    """DDPM, DDIM or PNDM."""
+    num_inference_steps: int
+    eta: float | None = None
+    """DDIM's noise scale (0: deterministic, 1: as much noise as DDPM); None for the other schedulers."""
+
+    @property
+    def text(self) -> str:
+        """`DDIM, 20 steps, eta 1` or `PNDM, 50 steps`."""
+        eta = f", eta {self.eta:g}" if self.eta is not None else ""
+        return f"{self.scheduler}, {self.num_inference_steps} steps{eta}"
+
+    def card_value(self) -> dict:
+        """The `ROLLOUT_SAMPLER_KEY` metadata, e.g. `{scheduler: DDIM, num_inference_steps: 20, eta: 1.0}`."""
+        return {"scheduler": self.scheduler, "num_inference_steps": self.num_inference_steps} | (
+            {"eta": float(self.eta)} if self.eta is not None else {}
+        )
+
+    @classmethod
+    def from_card_value(cls, value: object) -> Sampler | None:
+        """The sampler a card's metadata records; None when it records none, or one this project cannot run."""
+        if not isinstance(value, dict) or str(value.get("scheduler", "")).upper() not in SCHEDULERS:
+            return None
+        scheduler, steps, eta = str(value["scheduler"]).upper(), value.get("num_inference_steps"), value.get("eta")
+        if not isinstance(steps, int) or steps < 1 or (eta is not None and not isinstance(eta, int | float)):
+            return None
+        return cls(scheduler, steps, float(eta) if scheduler == "DDIM" and eta is not None else None)
 
 
 DATA_NOTICE = "NOTICE"
@@ -172,6 +210,12 @@ def is_local_path(model: str | os.PathLike) -> bool:
         return False
 
 
+def display_name(model: str | os.PathLike) -> str:
+    """How a model is named to others (cards, published data, the Space): Hub ids and bundled names as they are,
+    local folders by their own name only, so no machine path is published."""
+    return Path(model).resolve().name if is_local_path(model) else str(model)
+
+
 def hub_repo_id(model: str | os.PathLike | None) -> str | None:
     """`model` if it is a valid Hub repo id and neither a local path nor a bundled model; else None."""
     if not model or is_local_path(model) or str(model) in bundled_models():
@@ -264,19 +308,16 @@ def load_unet_and_scheduler_config(
     return unet, dict(scheduler_config)
 
 
-def read_base_model(
+def read_card_data(
     model: str | os.PathLike,
     *,
     revision: str | None = None,
     token: str | bool | None = None,
     hub_only: bool = False,
-) -> str | None:
-    """The `base_model` named in a model card's metadata: what a fine-tuned model is compared with.
+) -> ModelCardData | None:
+    """The metadata of a model's card (`README.md` of a folder or Hub repo); None when it has no card.
 
-    Reads `README.md` of a folder or Hub repo; None when there is no card or it names no base model.
-    A card listing several base models (a merge) yields the first; a card of a model fine-tuned from a bundled
-    model names it under `bundled_base_model`, read only when this install ships that model. `hub_only`:
-    `model` is a Hub repo id, never looked up on the file system.
+    `hub_only`: `model` is a Hub repo id, never looked up on the file system.
     """
     source = str(model) if hub_only else resolve_model_path(model)
     folder = Path(source)
@@ -291,9 +332,35 @@ def read_base_model(
             return None
         except (HfHubHTTPError, LocalEntryNotFoundError) as error:
             raise ModelLoadError(f"Could not read the model card of {source!r}: {error}") from error
-    data = ModelCard.load(card_path, ignore_metadata_errors=True).data
+    return ModelCard.load(card_path, ignore_metadata_errors=True).data
+
+
+def card_base_model(data: ModelCardData | None) -> str | None:
+    """The `base_model` a card's metadata names: what a fine-tuned model is compared with.
+
+    A card listing several base models (a merge) yields the first; a card of a model fine-tuned from a bundled
+    model names it under `bundled_base_model`, read only when this install ships that model.
+    """
+    if data is None:
+        return None
     base_model = data.base_model
     if isinstance(base_model, list):
         base_model = base_model[0] if base_model else None
     bundled = data.get(BUNDLED_BASE_MODEL_KEY)
     return base_model or (bundled if bundled in bundled_models() else None)
+
+
+def card_rollout_sampler(data: ModelCardData | None) -> Sampler | None:
+    """The sampler a card records the model was trained with (`ROLLOUT_SAMPLER_KEY`); None for other cards."""
+    return Sampler.from_card_value(data.get(ROLLOUT_SAMPLER_KEY)) if data is not None else None
+
+
+def read_base_model(
+    model: str | os.PathLike,
+    *,
+    revision: str | None = None,
+    token: str | bool | None = None,
+    hub_only: bool = False,
+) -> str | None:
+    """`card_base_model` of a model's card (see `read_card_data`); None without a card or a base model in it."""
+    return card_base_model(read_card_data(model, revision=revision, token=token, hub_only=hub_only))

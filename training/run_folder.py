@@ -36,6 +36,7 @@ from PIL import Image
 
 from .config import DDPOConfig
 from .jpeg import to_pil
+from .pipelines import Sampler
 
 CONFIG_NAME = "ddpo_config.json"
 METRICS_NAME = "metrics.jsonl"
@@ -421,6 +422,13 @@ class Run:
     def base_model(self) -> str | None:
         """The base as the user named it (a bundled name, a folder or a Hub id)."""
         return self.config.get("base_model")
+
+    @property
+    def rollout_sampler(self) -> Sampler:
+        """The sampler its rollouts used, as a stock pipeline runs it: the scheduler, `num_steps`, DDIM's `eta`."""
+        scheduler = str(self.config.get("scheduler", DDPOConfig.scheduler)).upper()
+        eta = float(self.config.get("eta", DDPOConfig.eta)) if scheduler == "DDIM" else None
+        return Sampler(scheduler, int(self.config.get("num_steps", DDPOConfig.num_steps)), eta)
 
     @property
     def base_model_path(self) -> str | None:
