@@ -33,7 +33,7 @@ SPACE_DIR = Path(__file__).resolve().parent
 APP_FILES = ("app.py", "requirements.txt")
 SPACE_MODULES = ("__init__.py", "serving.py", "access.py")
 """The modules beside `app.py` that it imports, copied to `ddpo_hub/space/` in the Space repo."""
-TRAINING_MODULES = ("__init__.py", "jpeg.py", "pipelines.py", "fidelity.py", "judge.py", "emoji_data.py")
+TRAINING_MODULES = ("__init__.py", "jpeg.py", "pipelines.py", "fidelity.py", "judge.py", "emoji_data.py", "humanize.py")
 """The part of the `ddpo_hub.training` package that `app.py` imports."""
 SPACE_PACKAGE_DIR = "ddpo_hub/training"
 """Where those modules go in the Space repo (a namespace package `ddpo_hub`, as installed)."""

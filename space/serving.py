@@ -38,7 +38,8 @@ from diffusers import UNet2DModel
 from PIL import Image
 
 from ddpo_hub.space.access import Access, ServedModel
-from ddpo_hub.training.fidelity import fidelity_to_base, ssim_to_base, subject_figures
+from ddpo_hub.training.fidelity import describe, fidelity_to_base, ssim_to_base, subject_figures
+from ddpo_hub.training.humanize import duration_text
 from ddpo_hub.training.jpeg import encode_jpeg
 from ddpo_hub.training.judge import SubjectJudge, load_judge
 from ddpo_hub.training.pipelines import (
@@ -539,17 +540,7 @@ def summarize(
     )
     if not fidelity:
         return line + "."
-    costs = [f"same-seed SSIM to base {fidelity['ssim_to_base']:.2f}"]
-    if "diversity_vs_base" in fidelity:
-        costs.append(f"diversity {fidelity['diversity_vs_base']:.2f}x")
-        costs.append(f"colour spread {fidelity['colour_spread_vs_base']:.2f}x the base's")
-    if "edge_sharpness_vs_base" in fidelity:
-        costs.append(f"edge sharpness {fidelity['edge_sharpness_vs_base']:.2f}x")
-    if "subject_kept" in fidelity:
-        costs.append(f"the base's judge sees the same subject in {fidelity['subject_kept']:.0%} of the seeds")
-    if "kid_to_base" in fidelity:
-        costs.append(f"KID to base {fidelity['kid_to_base']:.3f}")
-    return f"{line}; {', '.join(costs)}."
+    return f"{line}; {describe(fidelity)}."
 
 
 def fidelity_figures(
@@ -561,15 +552,6 @@ def fidelity_figures(
         return fidelity_to_base(images, base_images, judge)
     figures = {"ssim_to_base": ssim_to_base(images, base_images)}
     return figures | subject_figures(images, base_images, judge) if judge is not None else figures
-
-
-def duration_text(seconds: float) -> str:
-    """`under 1 s`, `45 s`, `3.2 min` or `1.5 h`."""
-    if seconds < 1:
-        return "under 1 s"
-    if seconds < 90:
-        return f"{seconds:.0f} s"
-    return f"{seconds / 60:.1f} min" if seconds < 5400 else f"{seconds / 3600:.1f} h"
 
 
 def estimate_text(model: LoadedModel | None, num_inference_steps: int, num_images: int, models: int) -> str:

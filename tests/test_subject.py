@@ -167,4 +167,4 @@ def test_an_emoji_run_reports_the_subject_in_metrics_evaluation_card_and_space(t
     finally:
         demo.close()
     assert "than the base model **tiny-emoji-32**" in summary
-    assert "the base's judge sees the same subject in" in summary and "KID to base" in summary
+    assert "subject kept" in summary and "KID" in summary

@@ -177,12 +177,12 @@ def fidelity_to_base(images: Images, base_images: Images, judge: SubjectJudge | 
 
 
 def describe(figures: dict[str, float]) -> str:
-    """The one sentence every report uses: `SSIM to base 0.71, diversity 0.95, colour spread 0.98, edges 0.90,
+    """The one sentence every report uses: `same-seed SSIM to base 0.71, diversity 0.95, colour spread 0.98, edges 0.90,
     subject kept 0.94 (rate 0.91 vs 0.95), KID 0.012` (the figures present; empty when there are none)."""
     parts = [
         f"{label} {figures[key]:.2f}"
         for key, label in (
-            ("ssim_to_base", "SSIM to base"),
+            ("ssim_to_base", "same-seed SSIM to base"),
             ("diversity_vs_base", "diversity"),
             ("colour_spread_vs_base", "colour spread"),
             ("edge_sharpness_vs_base", "edges"),
