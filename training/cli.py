@@ -14,9 +14,13 @@ import typing
 from collections.abc import Sequence
 from dataclasses import MISSING, fields
 from pathlib import Path
+from typing import TYPE_CHECKING
 
-from ddpo_hub.training.config import PRESETS, TrainConfig, choices, resolve_config
+from ddpo_hub.training.config import PRESETS, Algorithm, TrainConfig, choices, resolve_config
 from ddpo_hub.training.pipelines import ModelLoadError
+
+if TYPE_CHECKING:
+    from ddpo_hub.training.trainer import Trainer
 
 
 def _base_type(name: str) -> type:
@@ -63,13 +67,13 @@ def parse_config(argv: Sequence[str] | None = None) -> TrainConfig:
     return resolve_config(config_file=config_file, overrides=overrides)
 
 
-def trainer_class(algorithm: str) -> type:
-    """The trainer of `--algorithm`: `DDPOTrainer` or `NFTTrainer` (same loop, run folder and outputs)."""
+def trainer_class(algorithm: Algorithm) -> type[Trainer]:
+    """The trainer of `--algorithm`: `DDPOTrainer` or `NFTTrainer` (one core, run folder and outputs)."""
     if algorithm == "nft":
         from ddpo_hub.training.nft import NFTTrainer
 
         return NFTTrainer
-    from ddpo_hub.training.trainer import DDPOTrainer
+    from ddpo_hub.training.ddpo import DDPOTrainer
 
     return DDPOTrainer
 

@@ -34,7 +34,7 @@ import torch
 from diffusers import DDPMPipeline, DDPMScheduler, UNet2DModel
 from PIL import Image
 
-from ddpo_hub.training.config import DDPOConfig
+from ddpo_hub.training.config import TrainConfig
 from ddpo_hub.training.jpeg import to_pil
 
 CONFIG_NAME = "ddpo_config.json"
@@ -94,7 +94,7 @@ OUTPUT_ONLY_FIELDS = frozenset(
         "hub_revision",
     }
 )
-"""`DDPOConfig` fields a resumed run may change: they decide what is saved, evaluated or published, and for how
+"""`TrainConfig` fields a resumed run may change: they decide what is saved, evaluated or published, and for how
 many epochs, never what an epoch trains. Every other field (including fields added later) must stay as the run
 was started, or its epochs would not be one run."""
 
@@ -162,10 +162,32 @@ def resolve_resume(run_dir: str | Path, resume: str | None) -> Path | None:
     return path
 
 
+def damaged_checkpoint_message(checkpoint: Path, error: BaseException) -> str:
+    """What to say when `checkpoint` fails to load: which one, why, and which other checkpoint to resume from."""
+    others = sorted(
+        (
+            path
+            for path in checkpoint.parent.glob("checkpoint_*")
+            if path != checkpoint and is_complete_checkpoint(path)
+        ),
+        key=checkpoint_epoch,
+    )
+    hint = (
+        f"resume from the newest other complete one with --resume {others[-1]}"
+        if others
+        else "no other complete checkpoint is left: start over with --overwrite"
+    )
+    detail = str(error).strip().splitlines()[0] if str(error).strip() else ""
+    return (
+        f"Checkpoint {checkpoint} could not be loaded ({type(error).__name__}{': ' + detail if detail else ''}): "
+        f"one of its files is damaged or truncated. {hint[0].upper()}{hint[1:]}."
+    )
+
+
 # --- before a run starts: whose folder is it? --------------------------------------------------------------
 
 
-def check_run_dir(run_dir: str | Path, config: DDPOConfig) -> Path | None:
+def check_run_dir(run_dir: str | Path, config: TrainConfig) -> Path | None:
     """Refuse, before anything is written, a run that would clobber another or change a resumed run's meaning.
 
     Returns the checkpoint to resume from (None for a fresh run). Only reads the folder.
@@ -218,14 +240,14 @@ def clear_run_dir(run_dir: str | Path) -> list[str]:
     return removed
 
 
-def config_changes(saved: dict, config: DDPOConfig) -> list[str]:
+def config_changes(saved: dict, config: TrainConfig) -> list[str]:
     """`name: old -> new` for each field that alters a run's meaning and differs from the saved config.
 
     A field an older version did not save had its default then; a saved field this version lacks is ignored.
     """
-    defaults = DDPOConfig()
+    defaults = TrainConfig()
     changes = []
-    for item in fields(DDPOConfig):
+    for item in fields(TrainConfig):
         name = item.name
         if name in OUTPUT_ONLY_FIELDS:
             continue
@@ -238,7 +260,7 @@ def config_changes(saved: dict, config: DDPOConfig) -> list[str]:
     return changes
 
 
-def check_resume_settings(run_dir: str | Path, checkpoint: Path, config: DDPOConfig) -> None:
+def check_resume_settings(run_dir: str | Path, checkpoint: Path, config: TrainConfig) -> None:
     """Refuse to resume with settings that change what the run trains, listing each difference."""
     run_dir = Path(run_dir)
     # The checkpoint's own run folder made it (`--resume` may name another run's checkpoint).
@@ -283,7 +305,7 @@ def _shown(value: Any) -> str:
 # --- writing --------------------------------------------------------------------------------------------
 
 
-def write_config(run_dir: str | Path, config: DDPOConfig, *, resumed_after: int | None = None) -> Path:
+def write_config(run_dir: str | Path, config: TrainConfig, *, resumed_after: int | None = None) -> Path:
     """Save the run's config. On a resume (`resumed_after`: the checkpoint's epoch), first record in
     `config_history.jsonl` the output-only settings that changed, with the first epoch they apply to, so the
     card can say which epochs ran under which save, evaluation and Hub settings."""
@@ -299,7 +321,7 @@ def write_config(run_dir: str | Path, config: DDPOConfig, *, resumed_after: int 
     return path
 
 
-def output_setting_changes(saved: dict, config: DDPOConfig) -> dict[str, list]:
+def output_setting_changes(saved: dict, config: TrainConfig) -> dict[str, list]:
     """`{name: [old, new]}` for the output-only settings a resume changed (not the command's own modes)."""
     current = config.to_dict()
     return {
@@ -317,12 +339,12 @@ def read_config_history(run_dir: str | Path) -> list[dict]:
     return [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
 
 
-def read_config(run_dir: str | Path) -> DDPOConfig:
-    """The `DDPOConfig` a run was made with."""
+def read_config(run_dir: str | Path) -> TrainConfig:
+    """The `TrainConfig` a run was made with."""
     path = Path(run_dir) / CONFIG_NAME
     if not path.is_file():
         raise RunFolderError(f"{run_dir} is not a ddpo-hub run folder: it has no {CONFIG_NAME}.")
-    return DDPOConfig(**json.loads(path.read_text()))
+    return TrainConfig(**json.loads(path.read_text()))
 
 
 def save_pipeline(unet: UNet2DModel, scheduler_config: dict, run_dir: str | Path) -> None:
@@ -371,6 +393,13 @@ def grid_path(run_dir: str | Path, epoch: int) -> Path:
     return Path(run_dir) / SAMPLES_DIR / f"epoch_{epoch:04d}.png"
 
 
+def save_grid(run_dir: str | Path, epoch: int, images: torch.Tensor) -> None:
+    """The sample grid of an epoch's fixed-seed images (epoch 0: the base model's)."""
+    path = grid_path(run_dir, epoch)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    image_grid(images).save(path)
+
+
 def library_versions() -> dict[str, str]:
     versions = {"python": platform.python_version()}
     for package in ("torch", "diffusers", "accelerate", "huggingface_hub", "peft", "ddpo-hub"):
@@ -379,6 +408,21 @@ def library_versions() -> dict[str, str]:
         except metadata.PackageNotFoundError:
             continue
     return versions
+
+
+def hardware(device: torch.device, num_processes: int, mixed_precision: str) -> dict[str, Any]:
+    """What a run ran on, for `run_info.json`."""
+    name = torch.cuda.get_device_name(device) if device.type == "cuda" else f"{device.type} ({_cpu_name()})"
+    return {
+        "device": name,
+        "num_processes": num_processes,
+        "mixed_precision": mixed_precision,
+        "torch_threads": torch.get_num_threads(),
+    }
+
+
+def _cpu_name() -> str:
+    return platform.processor() or platform.machine()
 
 
 def write_run_info(run_dir: str | Path, *, base_model_path: str, hardware: dict, progress: TrainingProgress) -> None:
