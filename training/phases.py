@@ -27,6 +27,7 @@ class Rollouts(Generic[SamplesT]):
     jpeg_bytes: np.ndarray
     """(N,) the JPEG size of each final image, for the report."""
     seconds_sampling: float
+    """Seconds the batches took to sample (the GPU's work included)."""
     seconds_reward: float
     """Seconds the rewards still took once the last batch was sampled (the rest overlapped sampling)."""
 
@@ -54,6 +55,7 @@ class Minibatch:
     advantages: torch.Tensor
     """(B,) their advantages."""
     epoch: int
+    """The epoch, from 1."""
     position: int
     """This process's training steps before this one in the epoch (NFT seeds its forward noise with it)."""
 
@@ -63,7 +65,9 @@ class StepLoss:
     """What `Trainer.loss` returns: the loss to back-propagate and the step's `step_stats` (detached)."""
 
     loss: torch.Tensor
+    """A scalar, inside `accelerator.accumulate`: the core back-propagates it."""
     stats: torch.Tensor
+    """(len(step_stats),) detached, summed over the epoch on the device (one host sync per epoch)."""
 
 
 @dataclass
@@ -73,3 +77,4 @@ class UpdateStats:
     stats: dict[str, float]
     """The algorithm's `step_stats`, averaged over the epoch's training steps and every process."""
     seconds: float
+    """Seconds the update took on this process."""
