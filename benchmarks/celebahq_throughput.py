@@ -41,9 +41,10 @@ from diffusers import DDPMPipeline, DDPMScheduler, UNet2DModel
 from torch._dynamo.utils import counters
 from torch.utils.flop_counter import FlopCounterMode
 
-from ddpo_hub.training.config import PRESETS, DDPOConfig, resolve_config
+from ddpo_hub.training.config import PRESETS, TrainConfig, resolve_config
+from ddpo_hub.training.ddpo import DDPOSamples, DDPOTrainer
+from ddpo_hub.training.phases import Rollouts
 from ddpo_hub.training.pipelines import fetch_pipeline_folder
-from ddpo_hub.training.trainer import DDPOTrainer, EpochSamples
 
 REFERENCE = Path(__file__).resolve().parents[1] / "tests" / "data" / "ddpm-celebahq-256-config"
 PRESET = PRESETS["celebahq-256"]
@@ -97,14 +98,14 @@ def unet_flops(model_folder: str) -> tuple[float, float]:
 def rescoring_drift(trainer: DDPOTrainer) -> float:
     """Largest |ratio - 1| when the trainer re-scores its own fresh rollout (one training batch, every trained step).
 
-    Sampled as the trainer samples (`_rollout_unet`: compiled, the training graph) and re-scored as it trains
+    Sampled as the trainer samples (`rollout_policy`: compiled, the training graph) and re-scored as it trains
     (train mode, gradients on, the run's precision). Nothing is back-propagated or stepped.
     """
     accelerator, sampler = trainer.accelerator, trainer.sampler
     batch = trainer.config.train_batch_size
     noise = torch.randn((batch, *trainer.sample_shape), generator=torch.Generator().manual_seed(0))
     rollout = sampler.rollout(
-        trainer._rollout_unet(),
+        trainer.rollout_policy(),
         noise.to(accelerator.device),
         torch.Generator().manual_seed(1),
         autocast=accelerator.autocast,
@@ -151,12 +152,14 @@ class SyncCounter:
             self._warnings.__exit__(*exc)
 
 
-def _with_advantages(trainer: DDPOTrainer, sampled: tuple) -> EpochSamples:
-    """`_sample_epoch`'s samples, with its standardised rewards as advantages (any do for timing)."""
-    samples, rewards, *_ = sampled
-    rewards = torch.as_tensor(rewards, dtype=torch.float32)
-    samples.advantages = ((rewards - rewards.mean()) / (rewards.std() + 1e-8)).to(trainer.accelerator.device)
-    return samples
+def _advantages(rollouts: Rollouts[DDPOSamples]) -> torch.Tensor:
+    """The rollouts' standardised rewards, as advantages for an update (any do for timing)."""
+    rewards = torch.as_tensor(rollouts.rewards, dtype=torch.float32)
+    return (rewards - rewards.mean()) / (rewards.std() + 1e-8)
+
+
+def _update(trainer: DDPOTrainer, epoch: int, rollouts: Rollouts[DDPOSamples]) -> None:
+    trainer.update(epoch, rollouts, _advantages(rollouts).to(trainer.accelerator.device))
 
 
 def _timed(function: Callable[[], Any], syncs: SyncCounter | None = None) -> tuple[Any, float]:
@@ -171,7 +174,7 @@ def _timed(function: Callable[[], Any], syncs: SyncCounter | None = None) -> tup
     return result, time.perf_counter() - started
 
 
-def measure_or_report(config: DDPOConfig, flops: tuple[float, float]) -> dict[str, Any]:
+def measure_or_report(config: TrainConfig, flops: tuple[float, float]) -> dict[str, Any]:
     """`measure`, or the error that stopped it (out of memory, a compiler failure), so the other settings still run."""
     try:
         return measure(config, flops)
@@ -186,7 +189,7 @@ OLD = dict(channels_last=False, tf32=False, compile=False)
 """The preset as measured before this benchmark grew its `new` column."""
 
 
-def measure(config: DDPOConfig, flops: tuple[float, float]) -> dict[str, Any]:
+def measure(config: TrainConfig, flops: tuple[float, float]) -> dict[str, Any]:
     """One setting's figures: a warm-up epoch, then one timed epoch of sampling and one of training."""
     # Process-wide flags: each setting starts from torch's defaults, whatever the one before it enabled.
     torch.backends.cuda.matmul.allow_tf32, torch.backends.cudnn.allow_tf32 = DEFAULT_TF32
@@ -199,12 +202,12 @@ def measure(config: DDPOConfig, flops: tuple[float, float]) -> dict[str, Any]:
         torch.cuda.reset_peak_memory_stats()
     trainer = DDPOTrainer(config)
     with ThreadPoolExecutor(max_workers=2) as pool:
-        _, warm_up = _timed(lambda: trainer._train_epoch(1, _with_advantages(trainer, trainer._sample_epoch(1, pool))))
+        _, warm_up = _timed(lambda: _update(trainer, 1, trainer.sample_epoch(1, pool)))
         drift = rescoring_drift(trainer)
         sampling_syncs, training_syncs = SyncCounter(cuda), SyncCounter(cuda)
-        sampled, seconds_sampling = _timed(lambda: trainer._sample_epoch(2, pool), sampling_syncs)
-        samples = _with_advantages(trainer, sampled)
-        _, seconds_training = _timed(lambda: trainer._train_epoch(2, samples), training_syncs)
+        rollouts, seconds_sampling = _timed(lambda: trainer.sample_epoch(2, pool), sampling_syncs)
+        advantages = _advantages(rollouts).to(trainer.accelerator.device)
+        _, seconds_training = _timed(lambda: trainer.update(2, rollouts, advantages), training_syncs)
     num_samples, num_steps = config.num_samples, config.num_steps
     sampling_steps = num_samples // config.sample_batch_size * num_steps  # denoising steps of whole batches
     training_steps = num_samples // config.train_batch_size * trainer.num_train_timesteps * config.num_inner_epochs
@@ -339,7 +342,7 @@ def main() -> None:
         flops = unet_flops(base)
         results["unet_gflop_per_sample"] = {"forward": flops[0] / 1e9, "forward_backward": flops[1] / 1e9}
 
-        def config(name: str, **overrides) -> DDPOConfig:
+        def config(name: str, **overrides) -> TrainConfig:
             values = dict(base_model=base, output_dir=str(Path(scratch) / name), mixed_precision=precision)
             values |= (small if args.smoke else {}) | overrides
             batch = values.get("sample_batch_size", sample_batch)

@@ -17,7 +17,7 @@ import numpy as np
 import torch
 from diffusers import UNet2DModel
 
-from ddpo_hub.training.config import DDPOConfig
+from ddpo_hub.training.config import TrainConfig
 from ddpo_hub.training.evaluate import run_evaluation
 from ddpo_hub.training.jpeg import jpeg_sizes
 from ddpo_hub.training.pipelines import load_unet_and_scheduler_config
@@ -37,13 +37,13 @@ def fixed_seed_images(unet: UNet2DModel, sampler: StochasticSampler, num_images:
     return fixed_seed_rollout(unet, sampler, num_images).images
 
 
-def training_sampler_images(model: str, config: DDPOConfig, num_images: int) -> torch.Tensor:
+def training_sampler_images(model: str, config: TrainConfig, num_images: int) -> torch.Tensor:
     """`num_images` rollouts (in [-1, 1]) of the sampler DDPO optimised, from fixed noise."""
     unet, scheduler_config = load_unet_and_scheduler_config(model)
     return fixed_seed_images(unet, StochasticSampler.for_run(scheduler_config, config), num_images)
 
 
-def training_sampler_sizes(model: str, config: DDPOConfig, num_images: int) -> np.ndarray:
+def training_sampler_sizes(model: str, config: TrainConfig, num_images: int) -> np.ndarray:
     """JPEG bytes of `num_images` rollouts of the sampler DDPO optimised, from fixed noise."""
     return np.asarray(jpeg_sizes(training_sampler_images(model, config, num_images)))
 

@@ -19,7 +19,7 @@ from collections.abc import Callable
 import torch
 
 from ddpo_hub.training.config import resolve_config
-from ddpo_hub.training.trainer import DDPOTrainer
+from ddpo_hub.training.ddpo import DDPOTrainer
 
 
 def fastest(function: Callable[[], object], repeats: int) -> float:
@@ -71,16 +71,12 @@ def main() -> None:
         def ddpo_sampling() -> None:
             sampler.rollout(unet, noise, torch.Generator().manual_seed(1), autocast=accelerator.autocast)
 
-        samples = {}
-
-        def ddpo_training() -> None:
-            # The trainer's own sampling + update of one epoch; the sampling part is subtracted below.
-            samples["epoch"] = trainer._sample_epoch(1, _Inline())
+        # The trainer's own epoch: its rollouts, rewarded one batch at a time (no reward thread), then its update.
+        rollouts = trainer.sample_epoch(1)
+        advantages = torch.randn(len(rollouts.rewards)).to(device)
 
         def ddpo_update() -> None:
-            epoch_samples, rewards, *_ = samples["epoch"]
-            epoch_samples.advantages = torch.randn(len(rewards)).to(device)
-            trainer._train_epoch(1, epoch_samples)
+            trainer.update(1, rollouts, advantages)
 
         num_updates = trainer.num_train_timesteps
         latents = torch.randn((num_updates, *shape), generator=torch.Generator().manual_seed(2)).to(device)
@@ -94,7 +90,6 @@ def main() -> None:
                     trainer.optimizer.step()
                     trainer.optimizer.zero_grad()
 
-        ddpo_training()
         sampling = [fastest(bare_sampling, 1), fastest(ddpo_sampling, 1)]  # warm-up
         training = [fastest(bare_training, 1), fastest(ddpo_update, 1)]
         for _ in range(args.repeats):
@@ -109,17 +104,6 @@ def main() -> None:
     print("|---|---|---|---|---|")
     print(f"| sampling | {sampling[0]:.3f} | {sampling[1]:.3f} | {sampling[1] / sampling[0]:.3f} | <= 1.05 |")
     print(f"| training | {training[0]:.3f} | {training[1]:.3f} | {training[1] / training[0]:.3f} | <= 1.15 |")
-
-
-class _Inline:
-    """A stand-in executor that runs the reward at once, so the benchmark times one thing at a time."""
-
-    def submit(self, function, *args):
-        from concurrent.futures import Future
-
-        future: Future = Future()
-        future.set_result(function(*args))
-        return future
 
 
 if __name__ == "__main__":

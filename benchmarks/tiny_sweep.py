@@ -20,7 +20,7 @@ from pathlib import Path
 from learning import training_sampler_sizes
 
 from ddpo_hub.training.cli import parse_config
-from ddpo_hub.training.config import DDPOConfig
+from ddpo_hub.training.config import TrainConfig
 from ddpo_hub.training.run_folder import read_config, read_metrics
 
 EARLIER = ["--num-samples", "64", "--epochs", "20", "--gradient-accumulation-steps", "2", "--timestep-fraction", "1"]
@@ -60,7 +60,7 @@ CANDIDATES: dict[str, list[str]] = {
 """Later flags win, so each candidate is the earlier preset (or the current one) with its own changes."""
 
 
-def unet_passes(config: DDPOConfig) -> int:
+def unet_passes(config: TrainConfig) -> int:
     """Forward-pass equivalents of a run: sampling steps plus 3x each trained step (forward + backward)."""
     trained = max(1, int(config.timestep_fraction * (config.num_steps - 1))) * config.num_inner_epochs
     return config.epochs * config.num_samples * (config.num_steps + 3 * trained)

@@ -23,10 +23,9 @@ from ddpo_hub.training import performance
 from ddpo_hub.training.config import resolve_config
 from ddpo_hub.training.run_folder import read_metrics
 from ddpo_hub.training.sampling import StochasticSampler
-from ddpo_hub.training.trainer import DDPOTrainer
+from ddpo_hub.training.trainer import Trainer
 from ddpo_hub.training.workflow import trainer_class
-from tests import test_nft, test_trainer
-from tests.helpers import make_tiny_pipeline
+from tests.helpers import FAST, FAST_NFT, make_tiny_pipeline
 
 # 8 samples in minibatches of 4, both accumulated into the epoch's one optimizer step: every step is re-scored
 # under the weights that sampled it, so the logged approx_kl and clipfrac are exactly 0 when re-scoring is exact.
@@ -52,7 +51,7 @@ def aot_eager(monkeypatch):
     _fresh_dynamo()
 
 
-def _trainer(base: str, run_dir: Path, fast: dict, **overrides) -> DDPOTrainer:
+def _trainer(base: str, run_dir: Path, fast: dict, **overrides) -> Trainer:
     config = resolve_config(overrides={"base_model": base, "output_dir": str(run_dir), **fast, **overrides})
     return trainer_class(config.algorithm)(config)
 
@@ -112,7 +111,7 @@ def test_inductor_compiled_rollouts_match_eager_and_rescore_with_ratio_exactly_o
 
 
 def test_compiled_training_samples_eager_rollouts_and_rescores_them_exactly(tiny_pipeline_dir, tmp_path, aot_eager):
-    fast = test_trainer.FAST | ONE_UPDATE
+    fast = FAST | ONE_UPDATE
     trainers, first_epochs = {}, {}
     for compiled in (False, True):
         trainer = trainers[compiled] = _trainer(
@@ -120,7 +119,7 @@ def test_compiled_training_samples_eager_rollouts_and_rescores_them_exactly(tiny
         )
         assert trainer.compiled is compiled
         with ThreadPoolExecutor(max_workers=1) as pool:
-            first_epochs[compiled] = trainer._sample_epoch(1, pool)[0]
+            first_epochs[compiled] = trainer.sample_epoch(1, pool).samples
         trainer.train()
     # aot_eager runs the traced forward with eager kernels: the same rollouts bit for bit.
     assert torch.equal(first_epochs[True].latents, first_epochs[False].latents)
@@ -135,7 +134,7 @@ def test_compiled_training_samples_eager_rollouts_and_rescores_them_exactly(tiny
 def test_compiled_nft_trains_with_one_graph_per_model(tiny_pipeline_dir, tmp_path, aot_eager):
     runs = {}
     for compiled in (False, True):
-        trainer = _trainer(tiny_pipeline_dir, tmp_path / f"nft-{compiled}", test_nft.FAST, epochs=1, compile=compiled)
+        trainer = _trainer(tiny_pipeline_dir, tmp_path / f"nft-{compiled}", FAST_NFT, epochs=1, compile=compiled)
         runs[compiled] = read_metrics(trainer.train())[0]
     assert _graphs() == 2, "the trained UNet's training graph and the old policy's"
     # The old policy samples epoch 1 from the base weights, through the same forward as eager: the same rewards.
@@ -147,7 +146,7 @@ def test_compile_is_a_logged_no_op_where_torch_compile_cannot_run(tiny_pipeline_
     monkeypatch.setattr(performance, "compile_unsupported", lambda device: "no C++ compiler (simulated)")
     _fresh_dynamo()
     with caplog.at_level(logging.WARNING, logger=performance.__name__):
-        trainer = _trainer(tiny_pipeline_dir, tmp_path / "run", test_trainer.FAST | ONE_UPDATE, epochs=1, compile=True)
+        trainer = _trainer(tiny_pipeline_dir, tmp_path / "run", FAST | ONE_UPDATE, epochs=1, compile=True)
     assert "--compile is a no-op here: no C++ compiler (simulated). The run continues uncompiled" in caplog.text
     assert not trainer.compiled
     assert read_metrics(trainer.train())[0]["approx_kl"] == 0.0

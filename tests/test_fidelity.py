@@ -13,12 +13,12 @@ from PIL import Image
 from skimage.metrics import structural_similarity
 
 from ddpo_hub.training.config import resolve_config
+from ddpo_hub.training.ddpo import train
 from ddpo_hub.training.fidelity import colour_spread, diversity, fidelity_to_base, ssim_to_base, to_unit_rgb
 from ddpo_hub.training.losses import gaussian_kl
 from ddpo_hub.training.pipelines import load_unet_and_scheduler_config
 from ddpo_hub.training.run_folder import read_metrics
 from ddpo_hub.training.sampling import StochasticSampler
-from ddpo_hub.training.trainer import train
 from tests.helpers import TINY_UNET_CONFIG
 
 FIDELITY_KEYS = ("ssim_to_base", "diversity_vs_base", "colour_spread_vs_base", "kl_to_base", "jpeg_change_vs_base")

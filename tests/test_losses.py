@@ -1,4 +1,4 @@
-"""The PPO clipped surrogate against a hand computation in plain Python floats."""
+"""The PPO clipped surrogate and NFT's KL leash against hand computations in plain Python floats."""
 
 from __future__ import annotations
 
@@ -7,7 +7,7 @@ import math
 import pytest
 import torch
 
-from ddpo_hub.training.losses import ppo_clip_loss
+from ddpo_hub.training.losses import epsilon_kl, ppo_clip_loss
 
 CLIP = 0.1
 # log p - log p_old of each element, its advantage, and which branch of max(-A r, -A clip(r)) is active:
@@ -68,3 +68,15 @@ def test_unchanged_policy_has_ratio_one_no_kl_and_the_plain_policy_gradient():
     assert result.approx_kl.item() == 0.0 and result.clipfrac.item() == 0.0
     result.loss.backward()
     assert log_prob.grad.tolist() == pytest.approx([-1.0 / 3, 3.0 / 3, -0.5 / 3])
+
+
+def test_epsilon_kl_is_the_mean_squared_distance_of_the_predictions():
+    eps = torch.tensor([0.5, -1.0, 2.0, 0.0]).view(2, 1, 1, 2).requires_grad_(True)
+    reference = torch.tensor([0.0, 1.0, 1.5, 0.5]).view(2, 1, 1, 2)
+    # Differences 0.5, -2.0, 0.5, -0.5: squares 0.25 + 4.0 + 0.25 + 0.25 = 4.75 over 4 elements.
+    kl = epsilon_kl(eps, reference)
+    assert kl.item() == pytest.approx(4.75 / 4)
+    kl.backward()
+    # d/d eps of mean((eps - ref)^2) = 2 (eps - ref) / 4.
+    assert eps.grad.flatten().tolist() == pytest.approx([0.25, -1.0, 0.25, -0.25])
+    assert epsilon_kl(eps.detach().bfloat16(), reference.bfloat16()).dtype == torch.float32

@@ -15,14 +15,11 @@ from ddpo_hub.training.losses import nft_loss, optimality
 from ddpo_hub.training.nft import NFTTrainer
 from ddpo_hub.training.run_folder import latest_checkpoint, read_metrics
 from ddpo_hub.training.workflow import trainer_class
-from tests import test_trainer
-
-# The DDPO tests' fast settings, with deterministic rollouts in two batches per epoch (the interrupt lands mid-epoch).
-FAST = test_trainer.FAST | dict(algorithm="nft", eta=0.0, sample_batch_size=4, fidelity_num_images=4)
+from tests.helpers import FAST_NFT, interrupting_reward
 
 
 def _train(base: str, run_dir: Path, **overrides) -> Path:
-    config = resolve_config(overrides={"base_model": base, "output_dir": str(run_dir), **FAST, **overrides})
+    config = resolve_config(overrides={"base_model": base, "output_dir": str(run_dir), **FAST_NFT, **overrides})
     return trainer_class(config.algorithm)(config).train()
 
 
@@ -89,18 +86,18 @@ def test_nft_run_saves_stock_pipelines_with_changed_weights_and_fidelity_metrics
 
 def test_interrupted_and_resumed_nft_run_matches_the_uninterrupted_one(nft_run, tiny_pipeline_dir, tmp_path):
     resumed = tmp_path / "resumed"
-    test_trainer._interrupt_calls["count"] = 0  # its reward dies at the 4th call: epoch 2's second batch
+    reward = interrupting_reward()  # its 4th call dies: epoch 2's second batch
     with pytest.raises(KeyboardInterrupt):
-        _train(tiny_pipeline_dir, resumed, reward="tests.test_trainer:interrupting_reward")
+        _train(tiny_pipeline_dir, resumed, reward=reward)
     assert latest_checkpoint(resumed).name == "checkpoint_1"
-    _train(tiny_pipeline_dir, resumed, reward="tests.test_trainer:interrupting_reward", resume="latest")
+    _train(tiny_pipeline_dir, resumed, reward=reward, resume="latest")
     expected = load_file(nft_run / "unet" / "diffusion_pytorch_model.safetensors")
     actual = load_file(resumed / "unet" / "diffusion_pytorch_model.safetensors")
     assert all(torch.equal(expected[name], actual[name]) for name in expected)
 
 
 def test_nft_checkpoints_its_old_policy(tiny_pipeline_dir, tmp_path):
-    config = resolve_config(overrides={"base_model": tiny_pipeline_dir, "output_dir": str(tmp_path), **FAST})
+    config = resolve_config(overrides={"base_model": tiny_pipeline_dir, "output_dir": str(tmp_path), **FAST_NFT})
     trainer = NFTTrainer(config)
     trainer.train()
     old = {name: value.clone() for name, value in trainer.old_unet.state_dict().items()}

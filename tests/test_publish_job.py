@@ -139,5 +139,5 @@ def test_local_hub_mode_publishes_and_loads_back_in_a_fresh_process(tiny_pipelin
 @pytest.mark.parametrize("flag", ["--num", "--eval"])
 def test_abbreviations_are_not_taken_for_job_flags(flag):
     """Unknown flags go to ddpo-train, so an abbreviation must not silently become one of the job's own flags."""
-    args, rest = publish_job._parser().parse_known_args([flag, "3"])
+    args, rest = publish_job.build_parser().parse_known_args([flag, "3"])
     assert rest == [flag, "3"]

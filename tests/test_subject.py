@@ -14,12 +14,12 @@ from scipy import ndimage
 from ddpo_hub.model_card.render import write_card
 from ddpo_hub.space.app import build_demo
 from ddpo_hub.training.config import resolve_config
+from ddpo_hub.training.ddpo import train
 from ddpo_hub.training.evaluate import run_evaluation, write_evaluation
 from ddpo_hub.training.fidelity import edge_sharpness, fidelity_to_base, subject_figures
 from ddpo_hub.training.judge import CLASSES, NO_SUBJECT, SubjectJudge, draw_shapes, load_judge
 from ddpo_hub.training.pipelines import BUNDLED_MODELS_DIR
 from ddpo_hub.training.run_folder import read_metrics
-from ddpo_hub.training.trainer import train
 from tests.helpers import free_port
 
 SUBJECT_KEYS = {"subject_rate", "base_subject_rate", "subject_kept", "kid_to_base"}

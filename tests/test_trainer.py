@@ -6,32 +6,25 @@ import json
 import os
 import subprocess
 import sys
+from dataclasses import fields
 from pathlib import Path
 
 import numpy as np
 import pytest
 import torch
+from accelerate import Accelerator
 from diffusers import DDIMPipeline, DDPMPipeline, PNDMPipeline, UNet2DModel
 from safetensors.torch import load_file
 
 from ddpo_hub.training.cli import train_main
-from ddpo_hub.training.config import DDPOConfig, resolve_config
+from ddpo_hub.training.config import DDPOConfig, TrainConfig, resolve_config
+from ddpo_hub.training.ddpo import train
 from ddpo_hub.training.rewards import jpeg_compressibility
 from ddpo_hub.training.run_folder import latest_checkpoint, read_metrics
-from ddpo_hub.training.trainer import TrainingDivergedError, train
+from ddpo_hub.training.trainer import TrainingDivergedError
+from tests.helpers import FAST, interrupting_reward
 
 REPO = Path(__file__).resolve().parents[1]
-FAST = dict(
-    epochs=2,
-    num_samples=8,
-    sample_batch_size=8,
-    train_batch_size=4,
-    num_steps=4,
-    timestep_fraction=1.0,
-    learning_rate=1e-4,
-    grid_size=4,
-    grid_every=1,
-)
 
 
 def _config(base: str, run_dir: Path, **overrides) -> DDPOConfig:
@@ -85,16 +78,7 @@ def test_saved_pipeline_loads_with_stock_pipelines(finished_run, tiny_pipeline_d
         assert np.isfinite(images.images).all()
 
 
-_interrupt_calls = {"count": 0}
 _jpeg = jpeg_compressibility()
-
-
-def interrupting_reward(images: torch.Tensor):
-    """The JPEG reward, but the 4th call (epoch 2's second batch) dies like a killed process."""
-    _interrupt_calls["count"] += 1
-    if _interrupt_calls["count"] == 4:
-        raise KeyboardInterrupt("simulated kill mid-epoch")
-    return _jpeg(images)[0]
 
 
 def test_interrupted_and_resumed_run_matches_uninterrupted_run(tiny_pipeline_dir, tmp_path):
@@ -103,12 +87,12 @@ def test_interrupted_and_resumed_run_matches_uninterrupted_run(tiny_pipeline_dir
     train(_config(tiny_pipeline_dir, straight, **settings))
 
     resumed = tmp_path / "resumed"
-    _interrupt_calls["count"] = 0  # other tests use this reward too: count this run's calls from zero
+    reward = interrupting_reward()  # its 4th call dies: epoch 2's second batch
     with pytest.raises(KeyboardInterrupt):
-        train(_config(tiny_pipeline_dir, resumed, reward="tests.test_trainer:interrupting_reward", **settings))
+        train(_config(tiny_pipeline_dir, resumed, reward=reward, **settings))
     assert latest_checkpoint(resumed).name == "checkpoint_1"
     # The same reward setting, as a resume must keep it; the kill happens once, so it now runs through.
-    interrupting = dict(reward="tests.test_trainer:interrupting_reward", **settings)
+    interrupting = dict(reward=reward, **settings)
     train(_config(tiny_pipeline_dir, resumed, resume="latest", **interrupting))
 
     expected, actual = _weights(straight), _weights(resumed)
@@ -171,6 +155,8 @@ def test_nan_loss_stops_and_names_the_last_good_checkpoint(tiny_pipeline_dir, tm
         (["--ema-decay", "1"], "--ema-decay must be in [0, 1), got 1.0"),
         (["--adam-beta1", "nan"], "--adam-beta1 must be in [0, 1), got nan"),
         (["--mixed-precision", "fp8"], "--mixed-precision must be 'no', 'fp16' or 'bf16', got 'fp8'"),
+        (["--scheduler", "pndm"], "--scheduler must be 'ddim' or 'ddpm', got 'pndm'"),
+        (["--algorithm", "ppo"], "--algorithm must be 'ddpo' or 'nft', got 'ppo'"),
         (["--eval-schedulers", "foo"], "--eval-schedulers: unknown 'foo'; choose from rollout, ddpm, ddim, pndm"),
         (["--eval-num-images", "4", "--eval-num-inference-steps", "ddim=x"], "Bad --num-inference-steps item"),
         (["--eval-num-images", "4", "--eval-num-inference-steps", "pndm=2"], "pndm needs between 4 and 1000"),
@@ -281,6 +267,16 @@ def test_unreachable_hub_is_named(tmp_path):
     )
     assert result.returncode == 2
     assert "the Hugging Face Hub" in result.stderr and "unreachable" in result.stderr
+
+
+def test_every_setting_is_documented_and_fixed_choices_are_listed_in_the_help():
+    from ddpo_hub.training.cli import build_parser
+
+    assert all(item.metadata["help"] for item in fields(TrainConfig)), "each field's help is its documentation"
+    help_text = " ".join(build_parser().format_help().split())
+    assert all(f"--{item.name.replace('_', '-')} " in help_text for item in fields(TrainConfig))
+    assert "--mixed-precision {no,fp16,bf16}" in help_text and "--algorithm {ddpo,nft}" in help_text
+    assert "--eval-schedulers {rollout,ddpm,ddim,pndm}" in help_text
 
 
 def test_config_file_and_flags_layer_over_the_preset(tmp_path):
@@ -472,17 +468,16 @@ def test_two_inner_epochs_take_twice_the_optimizer_steps(finished_run, tiny_pipe
 
 
 def _first_update_gradients(base: str, run_dir: Path, monkeypatch, **overrides) -> list[torch.Tensor]:
-    """The accumulated gradients of a run's first optimizer step, as they are about to be applied."""
-    from ddpo_hub.training.trainer import DDPOTrainer
-
+    """The accumulated gradients of a run's first optimizer step, as they are about to be clipped and applied."""
     captured: list[list[torch.Tensor]] = []
-    check = DDPOTrainer._check_finite
+    clip = Accelerator.clip_grad_norm_
 
-    def capture(trainer, epoch):
-        captured.append([parameter.grad.clone() for parameter in trainer.unet.parameters()])
-        check(trainer, epoch)
+    def capture(accelerator, parameters, *args, **kwargs):
+        parameters = list(parameters)
+        captured.append([parameter.grad.clone() for parameter in parameters])
+        return clip(accelerator, parameters, *args, **kwargs)
 
-    monkeypatch.setattr(DDPOTrainer, "_check_finite", capture)
+    monkeypatch.setattr(Accelerator, "clip_grad_norm_", capture)
     train(_config(base, run_dir, epochs=1, **overrides))
     return captured[0]
 

@@ -135,7 +135,7 @@ def test_train_workflow_wires_inputs_and_secret_into_the_job_script():
     (step,) = [step for step in job["steps"] if "training.publish_job" in step.get("run", "")]
     assert step["env"]["HF_TOKEN"] == "${{ secrets.HF_TOKEN }}"
     assert "${{" not in step["run"], "inputs reach the script through env, never spliced into the shell"
-    known = {flag for action in publish_job._parser()._actions for flag in action.option_strings}
+    known = {flag for action in publish_job.build_parser()._actions for flag in action.option_strings}
     assert set(re.findall(r"--[a-z-]+", step["run"])) <= known
     (upload,) = [step for step in job["steps"] if step.get("uses", "").startswith("actions/upload-artifact@")]
     assert upload["if"] == "always()"

@@ -1,4 +1,4 @@
-"""The entry points: `ddpo-train` (flags generated from `DDPOConfig`, so every field is settable) and `ddpo-card`.
+"""The entry points: `ddpo-train` (flags generated from `TrainConfig`, so every field is settable) and `ddpo-card`.
 
 They parse and report; what a training run does (train, evaluate, card, publish) is `workflow.run_training`.
 """
@@ -15,14 +15,14 @@ from collections.abc import Sequence
 from dataclasses import MISSING, fields
 from pathlib import Path
 
-from .config import PRESETS, DDPOConfig, field_docs, resolve_config
+from .config import PRESETS, TrainConfig, choices, resolve_config
 from .pipelines import ModelLoadError
 from .workflow import run_training
 
 
 def _base_type(name: str) -> type:
     """The field's type without `| None`."""
-    hint = typing.get_type_hints(DDPOConfig)[name]
+    hint = typing.get_type_hints(TrainConfig)[name]
     if isinstance(hint, types.UnionType) or typing.get_origin(hint) is typing.Union:
         hint = next(arg for arg in typing.get_args(hint) if arg is not type(None))
     return hint
@@ -31,27 +31,32 @@ def _base_type(name: str) -> type:
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="ddpo-train",
-        description="Fine-tune an unconditional diffusers DDPMPipeline with DDPO (Black et al. 2023).",
+        description="Fine-tune an unconditional diffusers DDPMPipeline with DDPO (Black et al. 2023) or DiffusionNFT.",
     )
     parser.add_argument("--config", help="TOML or YAML file of settings (flags given here override it).")
-    docs = field_docs()
-    for item in fields(DDPOConfig):
+    for item in fields(TrainConfig):
         flag = "--" + item.name.replace("_", "-")
         kind = _base_type(item.name)
         default = item.default if item.default is not MISSING else item.default_factory()
-        help_text = docs.get(item.name, "")
+        help_text = item.metadata["help"]
         if item.name == "preset":
             help_text += f" One of: {', '.join(PRESETS)}."
+        # A fixed set of values is shown as argparse shows `choices`, but checked by `validate`: every bad setting
+        # gets its one-line error, from a flag, a config file or the Python API alike.
+        values = choices(item.name)
+        metavar = "{" + ",".join(values) + "}" if values else None
         if kind is bool:
             parser.add_argument(flag, action=argparse.BooleanOptionalAction, default=None, help=help_text)
         elif typing.get_origin(kind) is list:
-            parser.add_argument(flag, nargs="+", default=None, help=f"{help_text} Default: {' '.join(default)}.")
+            help_text += f" Default: {' '.join(default)}."
+            parser.add_argument(flag, nargs="+", default=None, metavar=metavar, help=help_text)
         else:
-            parser.add_argument(flag, type=kind, default=None, help=f"{help_text} Default: {default}.")
+            help_text += f" Default: {default}."
+            parser.add_argument(flag, type=str if values else kind, default=None, metavar=metavar, help=help_text)
     return parser
 
 
-def parse_config(argv: Sequence[str] | None = None) -> DDPOConfig:
+def parse_config(argv: Sequence[str] | None = None) -> TrainConfig:
     """Defaults < preset < config file < flags."""
     args = vars(build_parser().parse_args(argv))
     config_file = args.pop("config")

@@ -1,177 +1,205 @@
-"""`DDPOConfig`: every setting of a run, documented once; presets, config files and CLI flags all feed it.
+"""`TrainConfig`: every setting of a run, documented once; presets, config files and CLI flags all feed it.
 
 Precedence, lowest first: the dataclass defaults, the preset, the config file, command-line flags.
-The run folder (`run_folder.write_config`) saves the resolved config as `ddpo_config.json`.
+The run folder (`run_folder.write_config`) saves the resolved config as `ddpo_config.json`. Each field's
+`help` metadata is its documentation and its `ddpo-train` flag's help; a field with a fixed set of values
+is typed `Literal[...]`, which `validate` and the flag's help read.
 """
 
 from __future__ import annotations
 
-import ast
 import dataclasses
-import inspect
 import math
-import textwrap
 import tomllib
+import typing
 from dataclasses import dataclass, field, fields
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 import yaml
 
 from .extras import require_extra
 
-ALGORITHMS = ("ddpo", "nft")
+Algorithm = Literal["ddpo", "nft"]
 """`ddpo`: policy gradients through per-step log-probabilities; `nft`: DiffusionNFT on forward-noised images."""
-EVAL_SCHEDULERS = ("rollout", "ddpm", "ddim", "pndm")
+MixedPrecision = Literal["no", "fp16", "bf16"]
+RolloutScheduler = Literal["ddim", "ddpm"]
+EvalScheduler = Literal["rollout", "ddpm", "ddim", "pndm"]
 """What `eval_schedulers` may name (see `evaluate.resolve_samplers`)."""
 
 
+def setting(default: Any, help: str) -> Any:
+    """A config field and its documentation; a list default is copied for each config."""
+    if isinstance(default, list):
+        return field(default_factory=lambda: list(default), metadata={"help": help})
+    return field(default=default, metadata={"help": help})
+
+
 @dataclass
-class DDPOConfig:
-    """A DDPO fine-tuning run of an unconditional diffusers `DDPMPipeline` (Black et al. 2023, DDPO-IS)."""
+class TrainConfig:
+    """A fine-tuning run of an unconditional diffusers `DDPMPipeline` with DDPO or DiffusionNFT (`algorithm`)."""
 
     # --- run ---
-    preset: str | None = None
-    """Named starting point (`tiny`, `tiny-nft`, `tiny-textures` or `celebahq-256`); other settings override it."""
-    base_model: str = "tiny-emoji-32"
-    """The pipeline to fine-tune: a bundled model name, a local `DDPMPipeline` folder or a Hub repo id."""
-    base_model_revision: str | None = None
-    """Hub revision (branch, tag or commit) of `base_model`."""
-    output_dir: str = "runs/ddpo"
-    """Run folder: the latest pipeline, metrics, sample grids, TensorBoard logs and checkpoints."""
-    seed: int = 0
-    """Seeds every random choice of the run; with the same seed a CPU run is reproducible bit for bit."""
-    epochs: int = 40
-    """Number of sample-then-train epochs."""
-    resume: str | None = None
-    """`latest` (the newest checkpoint in `output_dir`) or a checkpoint folder to resume from."""
-    overwrite: bool = False
-    """Start afresh in an `output_dir` that holds another run, deleting that run's files first (the pipeline,
-    metrics, grids, logs, checkpoints, evaluation and card; other files stay). Without it such a run is refused."""
-    mixed_precision: str = "no"
-    """`no`, `fp16` or `bf16` (through accelerate's autocast)."""
-    compile: bool = False
-    """`torch.compile` the trained UNet with static shapes. Rollouts are sampled through the same compiled graph
-    that re-scores them (train mode, gradients on), so importance ratios stay exactly 1. A logged no-op where
-    torch.compile cannot run (no C++ compiler or Triton, an unsupported platform); the first steps of a run wait
-    for the compilation."""
-    channels_last: bool = True
-    """On CUDA, keep the UNets' convolution weights in channels_last (NHWC) memory format, which tensor cores read
-    without transposes (the first convolution turns the input to it); outputs and saved weights keep the usual
-    layout."""
-    tf32: bool = True
-    """On CUDA, run fp32 matmuls and convolutions on TF32 tensor cores (under bf16 autocast only the few ops it
-    leaves in fp32)."""
+    preset: str | None = setting(
+        None,
+        "Named starting point (`tiny`, `tiny-nft`, `tiny-textures` or `celebahq-256`); other settings override it.",
+    )
+    base_model: str = setting(
+        "tiny-emoji-32",
+        "The pipeline to fine-tune: a bundled model name, a local `DDPMPipeline` folder or a Hub repo id.",
+    )
+    base_model_revision: str | None = setting(None, "Hub revision (branch, tag or commit) of `base_model`.")
+    output_dir: str = setting(
+        "runs/ddpo", "Run folder: the latest pipeline, metrics, sample grids, TensorBoard logs and checkpoints."
+    )
+    seed: int = setting(
+        0, "Seeds every random choice of the run; with the same seed a CPU run is reproducible bit for bit."
+    )
+    epochs: int = setting(40, "Number of sample-then-train epochs.")
+    resume: str | None = setting(
+        None, "`latest` (the newest checkpoint in `output_dir`) or a checkpoint folder to resume from."
+    )
+    overwrite: bool = setting(
+        False,
+        "Start afresh in an `output_dir` that holds another run, deleting that run's files first (the pipeline, "
+        "metrics, grids, logs, checkpoints, evaluation and card; other files stay). Without it such a run is refused.",
+    )
+    mixed_precision: MixedPrecision = setting("no", "`no`, `fp16` or `bf16` (through accelerate's autocast).")
+    compile: bool = setting(
+        False,
+        "`torch.compile` the trained UNet with static shapes. Rollouts are sampled through the same compiled graph "
+        "that re-scores them (train mode, gradients on), so importance ratios stay exactly 1. A logged no-op where "
+        "torch.compile cannot run (no C++ compiler or Triton, an unsupported platform); the first steps of a run "
+        "wait for the compilation.",
+    )
+    channels_last: bool = setting(
+        True,
+        "On CUDA, keep the UNets' convolution weights in channels_last (NHWC) memory format, which tensor cores read "
+        "without transposes (the first convolution turns the input to it); outputs and saved weights keep the usual "
+        "layout.",
+    )
+    tf32: bool = setting(
+        True,
+        "On CUDA, run fp32 matmuls and convolutions on TF32 tensor cores (under bf16 autocast only the few ops it "
+        "leaves in fp32).",
+    )
 
-    algorithm: str = "ddpo"
-    """`ddpo` (Black et al. 2023) or `nft` (DiffusionNFT, Zheng et al. 2025: likelihood-free, any sampler)."""
+    algorithm: Algorithm = setting(
+        "ddpo", "`ddpo` (Black et al. 2023) or `nft` (DiffusionNFT, Zheng et al. 2025: likelihood-free, any sampler)."
+    )
 
     # --- reward ---
-    reward: str = "jpeg_compressibility"
-    """`jpeg_compressibility`, `jpeg_incompressibility` or `module:function` (images in [-1, 1] -> floats)."""
+    reward: str = setting(
+        "jpeg_compressibility",
+        "`jpeg_compressibility`, `jpeg_incompressibility` or `module:function` (images in [-1, 1] -> floats).",
+    )
 
     # --- sampling ---
-    scheduler: str = "ddim"
-    """Stochastic reverse process used for rollouts: `ddim` (with `eta`) or `ddpm` (ancestral sampling)."""
-    num_steps: int = 20
-    """Denoising steps per rollout."""
-    eta: float = 1.0
-    """DDIM stochasticity in (0, 1]; 1.0 is the paper's setting. Ignored by `ddpm`."""
-    num_samples: int = 32
-    """Images sampled per epoch, over all processes."""
-    sample_batch_size: int = 16
-    """Images per sampling forward pass, per process."""
+    scheduler: RolloutScheduler = setting(
+        "ddim", "Stochastic reverse process used for rollouts: `ddim` (with `eta`) or `ddpm` (ancestral sampling)."
+    )
+    num_steps: int = setting(20, "Denoising steps per rollout.")
+    eta: float = setting(1.0, "DDIM stochasticity in (0, 1]; 1.0 is the paper's setting. Ignored by `ddpm`.")
+    num_samples: int = setting(32, "Images sampled per epoch, over all processes.")
+    sample_batch_size: int = setting(16, "Images per sampling forward pass, per process.")
 
     # --- policy update ---
-    train_batch_size: int = 16
-    """Samples per training forward pass, per process; must divide `sample_batch_size`."""
-    gradient_accumulation_steps: int = 1
-    """Training minibatches per optimizer step (each step also accumulates over the trained timesteps)."""
-    num_inner_epochs: int = 1
-    """Passes over each epoch's samples."""
-    timestep_fraction: float = 1.0
-    """Fraction of each trajectory's trainable steps trained on, chosen at random per sample."""
-    min_train_std: float = 0.05
-    """Steps whose noise std is at most this are not trained on (0 trains every stochastic step).
-
-    A step's log-prob gradient grows as 1/std while noise that small barely moves the reward: on DDPM
-    schedules the last stochastic step (std ~0.01) would otherwise swamp the update with noise.
-    """
-    max_train_std: float = 1.0
-    """Steps whose noise std is above this are not trained on either (1 trains every step up to the first).
-
-    Below 1, only the later, less noisy steps learn: they set fine detail and grain, not the composition and
-    colours of the picture, which the earlier steps decide.
-    """
-    clip_range: float = 1e-4
-    """PPO clip range of the importance ratio."""
-    adv_clip_max: float = 5.0
-    """Advantages are clipped to [-adv_clip_max, adv_clip_max]."""
-    stat_tracking: bool = False
-    """Normalise rewards with running statistics of recent epochs instead of this epoch's batch alone."""
-    stat_tracking_buffer_size: int = 256
-    """Rewards kept by the running-statistics tracker."""
-    stat_tracking_min_count: int = 32
-    """Below this many tracked rewards the tracker falls back to the batch's own statistics."""
-    nft_beta: float = 1.0
-    """NFT: how far the implicit positive and negative policies lie from the old policy (the paper's beta)."""
-    nft_old_decay_rate: float = 0.001
-    """NFT: the old (sampling) policy is an EMA of the trained one with decay min(rate x step, max), per epoch."""
-    nft_old_decay_max: float = 0.5
-    """NFT: the largest EMA decay of the old policy (the paper's schedule: rate 0.001, max 0.5)."""
-    kl_coef: float = 0.0
-    """Weight of the KL leash: the closed-form KL between the current and the frozen base model's Gaussian step
-    policies, added to the loss on every trained step (DPOK, Flow-GRPO). 0 trains on the reward alone."""
-    learning_rate: float = 3e-4
-    """AdamW learning rate."""
-    adam_beta1: float = 0.9
-    adam_beta2: float = 0.999
-    adam_weight_decay: float = 1e-4
-    adam_epsilon: float = 1e-8
-    max_grad_norm: float = 1.0
-    """Gradient-norm clip applied at every optimizer step."""
-    use_ema: bool = False
-    """Keep an exponential moving average of the weights and save it as the published model."""
-    ema_decay: float = 0.999
-    use_lora: bool = False
-    """Train LoRA adapters (merged into the saved UNet) instead of all weights."""
-    lora_rank: int = 8
-    lora_alpha: int = 8
-    lora_target_modules: list[str] = field(
-        default_factory=lambda: ["conv1", "conv2", "to_q", "to_k", "to_v", "to_out.0"]
+    train_batch_size: int = setting(
+        16, "Samples per training forward pass, per process; must divide `sample_batch_size`."
     )
-    """Module names LoRA adapts: the ResNet convolutions and the attention projections."""
+    gradient_accumulation_steps: int = setting(
+        1, "Training minibatches per optimizer step (each step also accumulates over the trained timesteps)."
+    )
+    num_inner_epochs: int = setting(1, "Passes over each epoch's samples.")
+    timestep_fraction: float = setting(
+        1.0, "Fraction of each trajectory's trainable steps trained on, chosen at random per sample."
+    )
+    min_train_std: float = setting(
+        0.05,
+        "Steps whose noise std is at most this are not trained on (0 trains every stochastic step). A step's "
+        "log-prob gradient grows as 1/std while noise that small barely moves the reward: on DDPM schedules the last "
+        "stochastic step (std ~0.01) would otherwise swamp the update with noise.",
+    )
+    max_train_std: float = setting(
+        1.0,
+        "Steps whose noise std is above this are not trained on either (1 trains every step up to the first). "
+        "Below 1, only the later, less noisy steps learn: they set fine detail and grain, not the composition and "
+        "colours of the picture, which the earlier steps decide.",
+    )
+    clip_range: float = setting(1e-4, "PPO clip range of the importance ratio.")
+    adv_clip_max: float = setting(5.0, "Advantages are clipped to [-adv_clip_max, adv_clip_max].")
+    stat_tracking: bool = setting(
+        False, "Normalise rewards with running statistics of recent epochs instead of this epoch's batch alone."
+    )
+    stat_tracking_buffer_size: int = setting(256, "Rewards kept by the running-statistics tracker.")
+    stat_tracking_min_count: int = setting(
+        32, "Below this many tracked rewards the tracker falls back to the batch's own statistics."
+    )
+    nft_beta: float = setting(
+        1.0, "NFT: how far the implicit positive and negative policies lie from the old policy (the paper's beta)."
+    )
+    nft_old_decay_rate: float = setting(
+        0.001,
+        "NFT: the old (sampling) policy is an EMA of the trained one with decay min(rate x step, max), per epoch.",
+    )
+    nft_old_decay_max: float = setting(
+        0.5, "NFT: the largest EMA decay of the old policy (the paper's schedule: rate 0.001, max 0.5)."
+    )
+    kl_coef: float = setting(
+        0.0,
+        "Weight of the KL leash: the closed-form KL between the current and the frozen base model's Gaussian step "
+        "policies, added to the loss on every trained step (DPOK, Flow-GRPO). 0 trains on the reward alone.",
+    )
+    learning_rate: float = setting(3e-4, "AdamW learning rate.")
+    adam_beta1: float = setting(0.9, "AdamW's decay of its running mean of the gradients.")
+    adam_beta2: float = setting(0.999, "AdamW's decay of its running mean of the squared gradients.")
+    adam_weight_decay: float = setting(1e-4, "AdamW's (decoupled) weight decay.")
+    adam_epsilon: float = setting(1e-8, "AdamW's epsilon, added to the root of the squared-gradient mean.")
+    max_grad_norm: float = setting(1.0, "Gradient-norm clip applied at every optimizer step.")
+    use_ema: bool = setting(
+        False, "Keep an exponential moving average of the weights and save it as the published model."
+    )
+    ema_decay: float = setting(0.999, "Decay of the weights' moving average (`use_ema`), per optimizer step.")
+    use_lora: bool = setting(False, "Train LoRA adapters (merged into the saved UNet) instead of all weights.")
+    lora_rank: int = setting(8, "Rank of the LoRA adapters (`use_lora`).")
+    lora_alpha: int = setting(8, "LoRA's scale numerator: the adapters' update is scaled by lora_alpha / lora_rank.")
+    lora_target_modules: list[str] = setting(
+        ["conv1", "conv2", "to_q", "to_k", "to_v", "to_out.0"],
+        "Module names LoRA adapts: the ResNet convolutions and the attention projections.",
+    )
 
     # --- outputs ---
-    save_every: int = 1
-    """Save the pipeline and an accelerate checkpoint every N epochs (and always at the end)."""
-    checkpoints_total_limit: int = 3
-    """Accelerate checkpoints kept; older ones are deleted."""
-    grid_every: int = 5
-    """Save a sample grid from fixed seeds every N epochs (and before the first one and at the end)."""
-    grid_size: int = 16
-    """Images in each sample grid."""
-    fidelity_num_images: int = 16
-    """Fixed-seed images sampled after every epoch, with the base model's from the same noise, for the fidelity
-    metrics in metrics.jsonl (ssim_to_base, diversity_vs_base, colour_spread_vs_base, kl_to_base); 0 turns them
-    off. The first `grid_size` of them are the sample grid."""
-    eval_num_images: int = 0
-    """When positive, evaluate the final model against its base on this many fixed-seed images."""
-    eval_schedulers: list[str] = field(default_factory=lambda: ["rollout", "ddim", "pndm"])
-    """Samplers of the end-of-run evaluation: `rollout` (the sampler trained on, as a stock pipeline), `ddim`,
-    `pndm` (50 steps) or `ddpm` (1000 steps: 20x the cost of the others)."""
-    eval_num_inference_steps: str | None = None
-    """Steps of the evaluated stock schedulers, as ddpo-eval's `--num-inference-steps` (e.g. `ddpm=250`)."""
+    save_every: int = setting(
+        1, "Save the pipeline and an accelerate checkpoint every N epochs (and always at the end)."
+    )
+    checkpoints_total_limit: int = setting(3, "Accelerate checkpoints kept; older ones are deleted.")
+    grid_every: int = setting(
+        5, "Save a sample grid from fixed seeds every N epochs (and before the first one and at the end)."
+    )
+    grid_size: int = setting(16, "Images in each sample grid.")
+    fidelity_num_images: int = setting(
+        16,
+        "Fixed-seed images sampled after every epoch, with the base model's from the same noise, for the fidelity "
+        "metrics in metrics.jsonl (ssim_to_base, diversity_vs_base, colour_spread_vs_base, kl_to_base); 0 turns "
+        "them off. The first `grid_size` of them are the sample grid.",
+    )
+    eval_num_images: int = setting(
+        0, "When positive, evaluate the final model against its base on this many fixed-seed images."
+    )
+    eval_schedulers: list[EvalScheduler] = setting(
+        ["rollout", "ddim", "pndm"],
+        "Samplers of the end-of-run evaluation: `rollout` (the sampler trained on, as a stock pipeline), `ddim`, "
+        "`pndm` (50 steps) or `ddpm` (1000 steps: 20x the cost of the others).",
+    )
+    eval_num_inference_steps: str | None = setting(
+        None, "Steps of the evaluated stock schedulers, as ddpo-eval's `--num-inference-steps` (e.g. `ddpm=250`)."
+    )
 
     # --- Hub ---
-    push_to_hub: str | None = None
-    """Hub repo id to publish checkpoints and the model card to."""
-    hub_private: bool = False
-    """Create the Hub repo as private."""
-    push_every: int = 5
-    """Push every N epochs (and at the end)."""
-    hub_revision: str | None = None
-    """Branch to push to (created when missing)."""
+    push_to_hub: str | None = setting(None, "Hub repo id to publish checkpoints and the model card to.")
+    hub_private: bool = setting(False, "Create the Hub repo as private.")
+    push_every: int = setting(5, "Push every N epochs (and at the end).")
+    hub_revision: str | None = setting(None, "Branch to push to (created when missing).")
 
     def validate(self, num_processes: int = 1) -> None:
         """Reject settings that cannot work, with a message naming the field and what is allowed."""
@@ -208,10 +236,10 @@ class DDPOConfig:
             raise ValueError(
                 "--overwrite starts the run afresh, deleting the old one, and --resume continues it: give one of them."
             )
-        if self.scheduler not in ("ddim", "ddpm"):
-            raise ValueError(f"--scheduler must be 'ddim' or 'ddpm', got {self.scheduler!r}.")
-        if self.algorithm not in ALGORITHMS:
-            raise ValueError(f"--algorithm must be one of {', '.join(ALGORITHMS)}, got {self.algorithm!r}.")
+        for item in fields(self):
+            allowed, value = choices(item.name), getattr(self, item.name)
+            if allowed and not isinstance(value, list) and value not in allowed:
+                raise ValueError(f"--{_flag(item.name)} must be {_either(allowed)}, got {value!r}.")
         if self.algorithm == "ddpo" and self.scheduler == "ddim" and not 0.0 < self.eta <= 1.0:
             raise ValueError(f"--eta must be in (0, 1] for DDPO's stochastic DDIM rollouts, got {self.eta}.")
         if self.algorithm == "nft" and not 0.0 <= self.eta <= 1.0:
@@ -236,8 +264,6 @@ class DDPOConfig:
                 f"--max-train-std must be above --min-train-std ({self.min_train_std}) and at most 1, "
                 f"got {self.max_train_std}."
             )
-        if self.mixed_precision not in ("no", "fp16", "bf16"):
-            raise ValueError(f"--mixed-precision must be 'no', 'fp16' or 'bf16', got {self.mixed_precision!r}.")
         if not (math.isfinite(self.kl_coef) and self.kl_coef >= 0):
             raise ValueError(f"--kl-coef must be 0 (off) or positive, got {self.kl_coef}.")
         if self.fidelity_num_images == 1 or self.fidelity_num_images < 0:
@@ -245,10 +271,11 @@ class DDPOConfig:
                 f"--fidelity-num-images must be 0 (off) or at least 2 (diversity compares pairs), "
                 f"got {self.fidelity_num_images}."
             )
-        unknown = sorted(set(name.lower() for name in self.eval_schedulers) - set(EVAL_SCHEDULERS))
+        allowed = choices("eval_schedulers")
+        unknown = sorted(set(name.lower() for name in self.eval_schedulers) - set(allowed))
         if unknown:
             raise ValueError(
-                f"--eval-schedulers: unknown {', '.join(map(repr, unknown))}; choose from {', '.join(EVAL_SCHEDULERS)}."
+                f"--eval-schedulers: unknown {', '.join(map(repr, unknown))}; choose from {', '.join(allowed)}."
             )
         if self.eval_num_images < 0:
             raise ValueError(f"--eval-num-images must be 0 (no evaluation) or positive, got {self.eval_num_images}.")
@@ -279,6 +306,10 @@ class DDPOConfig:
 
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)
+
+
+DDPOConfig = TrainConfig
+"""The name `TrainConfig` had before NFT joined DDPO; run folders keep its file name, `ddpo_config.json`."""
 
 
 CPU_UPDATE: dict[str, Any] = dict(
@@ -341,27 +372,25 @@ def _flag(name: str) -> str:
 
 
 def field_names() -> list[str]:
-    return [f.name for f in fields(DDPOConfig)]
+    return [f.name for f in fields(TrainConfig)]
 
 
-def field_docs() -> dict[str, str]:
-    """The attribute docstrings of `DDPOConfig`: the CLI help comes from the same text as the code docs."""
-    tree = ast.parse(textwrap.dedent(inspect.getsource(DDPOConfig)))
-    body = tree.body[0].body
-    docs = {}
-    for node, following in zip(body, body[1:], strict=False):
-        if (
-            isinstance(node, ast.AnnAssign)
-            and isinstance(following, ast.Expr)
-            and isinstance(following.value, ast.Constant)
-            and isinstance(following.value.value, str)
-        ):
-            docs[node.target.id] = " ".join(following.value.value.split())
-    return docs
+def choices(name: str) -> tuple[str, ...]:
+    """The values a setting typed `Literal[...]` (or a list of them) may take; () for an open-ended one."""
+    hint = typing.get_type_hints(TrainConfig)[name]
+    if typing.get_origin(hint) is list:
+        (hint,) = typing.get_args(hint)
+    return typing.get_args(hint) if typing.get_origin(hint) is Literal else ()
+
+
+def _either(values: tuple[str, ...]) -> str:
+    """'a', 'b' or 'c'."""
+    quoted = [repr(value) for value in values]
+    return f"{', '.join(quoted[:-1])} or {quoted[-1]}"
 
 
 def read_config_file(path: str | Path) -> dict[str, Any]:
-    """Read a TOML or YAML config file into a dict of `DDPOConfig` fields (dashes or underscores)."""
+    """Read a TOML or YAML config file into a dict of `TrainConfig` fields (dashes or underscores)."""
     path = Path(path)
     if not path.is_file():
         raise FileNotFoundError(f"Config file {str(path)!r} does not exist.")
@@ -386,7 +415,7 @@ def read_config_file(path: str | Path) -> dict[str, Any]:
 
 def resolve_config(
     *, preset: str | None = None, config_file: str | Path | None = None, overrides: dict[str, Any] | None = None
-) -> DDPOConfig:
+) -> TrainConfig:
     """Layer the preset, the config file and explicit overrides on top of the defaults."""
     file_values = read_config_file(config_file) if config_file else {}
     overrides = dict(overrides or {})
@@ -398,4 +427,4 @@ def resolve_config(
         values.update(PRESETS[preset])
     values.update(file_values)
     values.update(overrides)
-    return DDPOConfig(preset=preset, **values)
+    return TrainConfig(preset=preset, **values)

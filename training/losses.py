@@ -50,6 +50,17 @@ def gaussian_kl(mean: torch.Tensor, reference_mean: torch.Tensor, std: torch.Ten
     return torch.where(std > 0, squared, torch.zeros_like(squared))
 
 
+def epsilon_kl(eps: torch.Tensor, reference_eps: torch.Tensor) -> torch.Tensor:
+    """NFT's KL leash: the mean squared distance between two models' epsilon predictions at the same x_t.
+
+    From one x_t, two models' reverse steps (DDPM's or DDIM's) have means that differ by a timestep constant
+    times their epsilon difference and share one std, so per sample their KL (`gaussian_kl`) is proportional
+    to this; the official code takes the same squared distance of its velocity predictions. Averaged over the
+    batch and the pixels, in float32 whatever the autocast precision.
+    """
+    return ((eps.float() - reference_eps.float()) ** 2).mean()
+
+
 @dataclass
 class NFTLoss:
     """The DiffusionNFT loss of a batch and its two halves (detached means), for logging."""

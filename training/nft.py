@@ -7,108 +7,106 @@ negative policies are built from the trained model and an old policy. The old po
 (any sampler: deterministic DDIM with `--eta 0` included) and follows the trained one as an EMA after each
 epoch, with the official code's decay schedule min(rate x optimizer step, max).
 
-Everything else is the DDPO trainer's: accelerate, the run folder, rewards and advantages, fidelity metrics,
-checkpoints (the old policy included, so a resumed run continues exactly), the KL leash (`--kl-coef`, here
-on the epsilon predictions, as the official code does on its velocities).
+The trainer core (`trainer.Trainer`) does the rest, as for DDPO: checkpoints hold the old policy too, so a
+resumed run continues exactly; the KL leash (`--kl-coef`) is on the epsilon predictions (`losses.epsilon_kl`).
 """
 
 from __future__ import annotations
 
 import copy
+from dataclasses import dataclass
 
 import torch
+from accelerate import Accelerator
 
-from .losses import nft_loss, optimality
+from .config import TrainConfig
+from .losses import epsilon_kl, nft_loss, optimality
 from .performance import compile_policy
+from .phases import Minibatch, StepLoss
 from .sampling import Rollout, draw_normal
-from .trainer import DDPOTrainer, EpochSamples, _generator
-
-FORWARD_NOISE = 100
-"""Purpose tag of the forward-process noise in `_generator` (DDPO's tags are 0-3)."""
+from .seeds import Purpose, generator
+from .trainer import EpochSavedHook, Trainer
 
 
-class NFTTrainer(DDPOTrainer):
+@dataclass
+class NFTSamples:
+    """What NFT's update trains on: the final images alone (the trajectories are not kept)."""
+
+    images: torch.Tensor
+    """(N, C, H, W): x_0 of each rollout, in model space."""
+
+
+class NFTTrainer(Trainer[NFTSamples]):
     """Fine-tunes the UNet of a `DDPMPipeline` with DiffusionNFT; see the module docstring."""
 
     step_stats = ("loss", "nft_positive", "nft_negative", "kl_penalty")
 
-    def __init__(self, *args, **kwargs):
-        super().__init__(*args, **kwargs)
+    def __init__(
+        self,
+        config: TrainConfig,
+        accelerator: Accelerator | None = None,
+        *,
+        on_epoch_saved: EpochSavedHook | None = None,
+    ):
+        super().__init__(config, accelerator, on_epoch_saved=on_epoch_saved)
         unet = self.accelerator.unwrap_model(self.unet)
         self.old_unet = copy.deepcopy(unet).requires_grad_(False).eval()  # a deep copy runs eager
+        """The old policy: samples the rollouts and anchors the loss; an EMA of the trained UNet."""
         if self.compiled:
             # Its own graph (eval, no gradients): it samples and scores eps_old at the training batch size alike.
             compile_policy(self.old_unet, self.accelerator.device)
         self.accelerator.register_for_checkpointing(self.old_unet)
-        self._steps_this_epoch = 0
 
-    def _trainable_steps(self) -> int:
-        return self.config.num_steps  # every timestep of the rollout schedule, deterministic ones included
-
-    def _train_step_candidates(self) -> torch.Tensor:
-        return torch.arange(self.config.num_steps)
-
-    def _rollout_unet(self) -> torch.nn.Module:
+    def rollout_policy(self) -> torch.nn.Module:
         return self.old_unet
 
-    def _epoch_samples(self, rollouts: list[Rollout]) -> EpochSamples:
-        """NFT trains on the final images alone: the trajectories are not kept."""
-        images = torch.cat([rollout.latents[:, -1:] for rollout in rollouts])
-        return EpochSamples(latents=images, log_probs=torch.empty(0), advantages=torch.empty(0))
+    def trained_steps(self) -> torch.Tensor:
+        """Every timestep of the rollout schedule, deterministic ones included."""
+        return torch.arange(self.config.num_steps)
 
-    def _train_epoch(self, epoch: int, samples: EpochSamples) -> dict[str, float]:
-        self._steps_this_epoch = 0
-        stats = super()._train_epoch(epoch, samples)
-        self._update_old_policy()
-        return stats
+    def collect(self, rollouts: list[Rollout]) -> NFTSamples:
+        return NFTSamples(images=torch.cat([rollout.images for rollout in rollouts]))
+
+    def loss(self, samples: NFTSamples, batch: Minibatch) -> StepLoss:
+        """Forward-noise the minibatch's images to its timesteps, then the NFT (+ KL) loss; stats as `step_stats`."""
+        config, accelerator = self.config, self.accelerator
+        clean = samples.images[batch.rows]
+        forward_noise = generator(
+            config.seed, Purpose.FORWARD_NOISE, batch.epoch, accelerator.process_index, batch.position
+        )
+        noise = draw_normal(clean.shape, forward_noise, clean.device)
+        tables = self.sampler.step_tables(clean.device)
+        step_index = batch.step_index.to(clean.device)
+        timesteps, alpha = tables.timesteps[step_index], tables.alpha_prod[step_index]
+        shape = (-1,) + (1,) * (clean.ndim - 1)
+        noisy = alpha.sqrt().view(shape) * clean + (1 - alpha).sqrt().view(shape) * noise  # DDPM eq. 4
+        with torch.no_grad(), accelerator.autocast():
+            eps_old = self.old_unet(noisy, timesteps).sample
+            if config.kl_coef > 0:
+                with self.frozen_base() as base:
+                    eps_base = base(noisy, timesteps).sample
+        with accelerator.autocast():
+            eps_theta = self.unet(noisy, timesteps).sample
+        optimal = optimality(batch.advantages, config.adv_clip_max)
+        terms = nft_loss(eps_theta, eps_old, noisy, clean, alpha, optimal, config.nft_beta, config.adv_clip_max)
+        loss = terms.loss
+        kl = torch.zeros((), device=clean.device)
+        if config.kl_coef > 0:
+            kl = epsilon_kl(eps_theta, eps_base)
+            loss = loss + config.kl_coef * kl
+        return StepLoss(loss, torch.stack([loss.detach(), terms.positive, terms.negative, kl.detach()]))
 
     @torch.no_grad()
-    def _update_old_policy(self) -> None:
-        """old <- decay * old + (1 - decay) * theta, decay = min(rate x optimizer steps so far, max)."""
+    def after_update(self) -> None:
+        """The old policy follows: old <- decay * old + (1 - decay) * theta, decay = min(rate x steps so far, max)."""
         config = self.config
         decay = min(config.nft_old_decay_rate * self.progress.global_step, config.nft_old_decay_max)
         trained = self.accelerator.unwrap_model(self.unet).parameters()
         for old, new in zip(self.old_unet.parameters(), trained, strict=True):
             old.mul_(decay).add_(new.detach(), alpha=1 - decay)
 
-    def _train_step(
-        self, samples: EpochSamples, rows: torch.Tensor, step_index: torch.Tensor, epoch: int
-    ) -> torch.Tensor:
-        """One NFT step: forward-noise the minibatch's images to its timesteps, then the NFT (+ KL) loss."""
-        config, accelerator = self.config, self.accelerator
-        clean = samples.latents[rows, -1]
-        generator = _generator(config.seed, FORWARD_NOISE, epoch, accelerator.process_index, self._steps_this_epoch)
-        self._steps_this_epoch += 1
-        noise = draw_normal(clean.shape, generator, clean.device)
-        tables = self.sampler.step_tables(clean.device)
-        step_index = step_index.to(clean.device)
-        timesteps, alpha = tables.timesteps[step_index], tables.alpha_prod[step_index]
-        shape = (-1,) + (1,) * (clean.ndim - 1)
-        noisy = alpha.sqrt().view(shape) * clean + (1 - alpha).sqrt().view(shape) * noise  # DDPM eq. 4
-        with accelerator.accumulate(self.unet):
-            with torch.no_grad(), accelerator.autocast():
-                eps_old = self.old_unet(noisy, timesteps).sample
-                if config.kl_coef > 0:
-                    with self._base_model() as base:
-                        eps_base = base(noisy, timesteps).sample
-            with accelerator.autocast():
-                eps_theta = self.unet(noisy, timesteps).sample
-            advantages = samples.advantages[rows]
-            terms = nft_loss(
-                eps_theta,
-                eps_old,
-                noisy,
-                clean,
-                alpha,
-                optimality(advantages, config.adv_clip_max),
-                config.nft_beta,
-                config.adv_clip_max,
-            )
-            loss = terms.loss
-            kl = torch.zeros((), device=clean.device)
-            if config.kl_coef > 0:
-                kl = ((eps_theta.float() - eps_base.float()) ** 2).mean()
-                loss = loss + config.kl_coef * kl
-            self._backward_and_step(loss, epoch)
-        self._after_step()
-        return torch.stack([loss.detach(), terms.positive, terms.negative, kl.detach()])
+    def describe_update(self) -> str:
+        return (
+            f"{self.num_train_timesteps} of {self.config.num_steps} steps trained per sample, each on the final "
+            "image forward-noised to its timestep (deterministic steps included)"
+        )

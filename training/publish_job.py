@@ -21,7 +21,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 if TYPE_CHECKING:
-    from .config import DDPOConfig
+    from .config import TrainConfig
 
 SKIPPED_NOTICE = "HF_TOKEN is not set: trained and evaluated, publishing skipped"
 
@@ -30,7 +30,7 @@ class PublishedModelMismatchError(RuntimeError):
     """The model loaded back from the Hub is not the one this run trained."""
 
 
-def _parser() -> argparse.ArgumentParser:
+def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="python -m ddpo_hub.training.publish_job",
         description="Train a preset with DDPO, evaluate it with ddpo-eval, push the model and its card to the Hub "
@@ -124,8 +124,8 @@ def check_published_weights(repo_id: str, run_dir: Path) -> None:
         raise PublishedModelMismatchError(f"The UNet loaded from {repo_id!r} differs from the one in {run_dir}.")
 
 
-def build_config(args: argparse.Namespace, train_argv: Sequence[str], model_repo: str | None) -> DDPOConfig:
-    """The run's `DDPOConfig`: the job's flags and the passed-on ddpo-train flags (e.g. `--eval-schedulers`)."""
+def build_config(args: argparse.Namespace, train_argv: Sequence[str], model_repo: str | None) -> TrainConfig:
+    """The run's `TrainConfig`: the job's flags and the passed-on ddpo-train flags (e.g. `--eval-schedulers`)."""
     from .cli import parse_config
 
     flags = ["--preset", args.preset, *(["--output-dir", str(args.output_dir)] if args.output_dir else [])]
@@ -136,7 +136,7 @@ def build_config(args: argparse.Namespace, train_argv: Sequence[str], model_repo
     return parse_config(flags)
 
 
-def train_and_evaluate(config: DDPOConfig) -> Path:
+def train_and_evaluate(config: TrainConfig) -> Path:
     """`ddpo-train`'s whole run: train, evaluate against the base, write the card (and push, with a repo)."""
     from .workflow import run_training
 
@@ -242,7 +242,7 @@ def _report(lines: Sequence[str]) -> int:
 
 def main(argv: Sequence[str] | None = None) -> int:
     """Entry point: `python -m ddpo_hub.training.publish_job --preset tiny [--local-hub] [ddpo-train flags]`."""
-    args, train_argv = _parser().parse_known_args(argv)
+    args, train_argv = build_parser().parse_known_args(argv)
     with ExitStack() as stack:
         if args.local_hub:
             stack.enter_context(local_hub())

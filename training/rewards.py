@@ -1,13 +1,15 @@
 """Reward functions: a batch of model-space images in [-1, 1] in, one float per image out.
 
 Like ddpo-pytorch's `rewards.py`, each built-in reward is a small factory returning the batch function.
-JPEG rewards also return the byte counts, so the trainer logs sizes without encoding twice.
+JPEG rewards also return the byte counts, so the trainer logs sizes without encoding twice. The trainer runs
+rewards in a thread while the next batch samples (`reward_in_background`).
 """
 
 from __future__ import annotations
 
 import importlib
 from collections.abc import Callable
+from concurrent.futures import Executor, Future
 
 import numpy as np
 import torch
@@ -18,22 +20,23 @@ RewardOutput = tuple[np.ndarray, dict[str, np.ndarray]]
 RewardFn = Callable[[torch.Tensor], RewardOutput]
 
 
-def jpeg_compressibility(max_workers: int = 8) -> RewardFn:
-    """Minus the JPEG size in kB (bytes / 1000): smaller files score higher (DDPO's compressibility task)."""
-
-    def reward(images: torch.Tensor) -> RewardOutput:
-        sizes = np.asarray(jpeg_sizes(images, max_workers=max_workers), dtype=np.int64)
-        return -sizes / 1000.0, {"jpeg_bytes": sizes}
-
-    return reward
-
-
 def jpeg_incompressibility(max_workers: int = 8) -> RewardFn:
-    """Plus the JPEG size in kB: busier, harder-to-compress images score higher."""
+    """The JPEG size in kB (bytes / 1000): busier, harder-to-compress images score higher."""
 
     def reward(images: torch.Tensor) -> RewardOutput:
         sizes = np.asarray(jpeg_sizes(images, max_workers=max_workers), dtype=np.int64)
         return sizes / 1000.0, {"jpeg_bytes": sizes}
+
+    return reward
+
+
+def jpeg_compressibility(max_workers: int = 8) -> RewardFn:
+    """Minus `jpeg_incompressibility`: smaller files score higher (DDPO's compressibility task)."""
+    incompressibility = jpeg_incompressibility(max_workers)
+
+    def reward(images: torch.Tensor) -> RewardOutput:
+        kilobytes, info = incompressibility(images)
+        return -kilobytes, info
 
     return reward
 
@@ -75,3 +78,37 @@ def load_reward(name: str) -> RewardFn:
         return values, {}
 
     return reward
+
+
+def reward_in_background(reward_fn: RewardFn, images: torch.Tensor, pool: Executor | None) -> Future[RewardOutput]:
+    """Reward a batch in `pool`, so the next batch samples meanwhile; at once without a pool.
+
+    The images are copied to the host without waiting for the GPU: the reward thread waits for that copy,
+    the sampling thread goes on queueing the next batch's kernels.
+    """
+    host, copied = _copy_to_host(images)
+
+    def reward() -> RewardOutput:
+        if copied is not None:
+            copied.synchronize()
+        return reward_fn(host)
+
+    if pool is not None:
+        return pool.submit(reward)
+    done: Future[RewardOutput] = Future()
+    done.set_result(reward())
+    return done
+
+
+def _copy_to_host(tensor: torch.Tensor) -> tuple[torch.Tensor, torch.cuda.Event | None]:
+    """Start copying a GPU tensor to pinned host memory; returns the copy and the event that marks it done.
+
+    `.cpu()` would make the host wait for the GPU to finish the batch before queueing the next one's kernels.
+    """
+    if tensor.device.type != "cuda":
+        return tensor.cpu(), None
+    host = torch.empty(tensor.shape, dtype=tensor.dtype, pin_memory=True)
+    host.copy_(tensor, non_blocking=True)
+    copied = torch.cuda.Event()
+    copied.record()
+    return host, copied

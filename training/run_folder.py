@@ -34,7 +34,7 @@ import torch
 from diffusers import DDPMPipeline, DDPMScheduler, UNet2DModel
 from PIL import Image
 
-from .config import DDPOConfig
+from .config import TrainConfig
 from .jpeg import to_pil
 from .pipelines import Sampler
 
@@ -95,7 +95,7 @@ OUTPUT_ONLY_FIELDS = frozenset(
         "hub_revision",
     }
 )
-"""`DDPOConfig` fields a resumed run may change: they decide what is saved, evaluated or published, and for how
+"""`TrainConfig` fields a resumed run may change: they decide what is saved, evaluated or published, and for how
 many epochs, never what an epoch trains. Every other field (including fields added later) must stay as the run
 was started, or its epochs would not be one run."""
 
@@ -163,10 +163,32 @@ def resolve_resume(run_dir: str | Path, resume: str | None) -> Path | None:
     return path
 
 
+def damaged_checkpoint_message(checkpoint: Path, error: BaseException) -> str:
+    """What to say when `checkpoint` fails to load: which one, why, and which other checkpoint to resume from."""
+    others = sorted(
+        (
+            path
+            for path in checkpoint.parent.glob("checkpoint_*")
+            if path != checkpoint and is_complete_checkpoint(path)
+        ),
+        key=checkpoint_epoch,
+    )
+    hint = (
+        f"resume from the newest other complete one with --resume {others[-1]}"
+        if others
+        else "no other complete checkpoint is left: start over with --overwrite"
+    )
+    detail = str(error).strip().splitlines()[0] if str(error).strip() else ""
+    return (
+        f"Checkpoint {checkpoint} could not be loaded ({type(error).__name__}{': ' + detail if detail else ''}): "
+        f"one of its files is damaged or truncated. {hint[0].upper()}{hint[1:]}."
+    )
+
+
 # --- before a run starts: whose folder is it? --------------------------------------------------------------
 
 
-def check_run_dir(run_dir: str | Path, config: DDPOConfig) -> Path | None:
+def check_run_dir(run_dir: str | Path, config: TrainConfig) -> Path | None:
     """Refuse, before anything is written, a run that would clobber another or change a resumed run's meaning.
 
     Returns the checkpoint to resume from (None for a fresh run). Only reads the folder.
@@ -219,14 +241,14 @@ def clear_run_dir(run_dir: str | Path) -> list[str]:
     return removed
 
 
-def config_changes(saved: dict, config: DDPOConfig) -> list[str]:
+def config_changes(saved: dict, config: TrainConfig) -> list[str]:
     """`name: old -> new` for each field that alters a run's meaning and differs from the saved config.
 
     A field an older version did not save had its default then; a saved field this version lacks is ignored.
     """
-    defaults = DDPOConfig()
+    defaults = TrainConfig()
     changes = []
-    for item in fields(DDPOConfig):
+    for item in fields(TrainConfig):
         name = item.name
         if name in OUTPUT_ONLY_FIELDS:
             continue
@@ -239,7 +261,7 @@ def config_changes(saved: dict, config: DDPOConfig) -> list[str]:
     return changes
 
 
-def check_resume_settings(run_dir: str | Path, checkpoint: Path, config: DDPOConfig) -> None:
+def check_resume_settings(run_dir: str | Path, checkpoint: Path, config: TrainConfig) -> None:
     """Refuse to resume with settings that change what the run trains, listing each difference."""
     run_dir = Path(run_dir)
     # The checkpoint's own run folder made it (`--resume` may name another run's checkpoint).
@@ -284,7 +306,7 @@ def _shown(value: Any) -> str:
 # --- writing --------------------------------------------------------------------------------------------
 
 
-def write_config(run_dir: str | Path, config: DDPOConfig, *, resumed_after: int | None = None) -> Path:
+def write_config(run_dir: str | Path, config: TrainConfig, *, resumed_after: int | None = None) -> Path:
     """Save the run's config. On a resume (`resumed_after`: the checkpoint's epoch), first record in
     `config_history.jsonl` the output-only settings that changed, with the first epoch they apply to, so the
     card can say which epochs ran under which save, evaluation and Hub settings."""
@@ -300,7 +322,7 @@ def write_config(run_dir: str | Path, config: DDPOConfig, *, resumed_after: int 
     return path
 
 
-def output_setting_changes(saved: dict, config: DDPOConfig) -> dict[str, list]:
+def output_setting_changes(saved: dict, config: TrainConfig) -> dict[str, list]:
     """`{name: [old, new]}` for the output-only settings a resume changed (not the command's own modes)."""
     current = config.to_dict()
     return {
@@ -318,12 +340,12 @@ def read_config_history(run_dir: str | Path) -> list[dict]:
     return [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
 
 
-def read_config(run_dir: str | Path) -> DDPOConfig:
-    """The `DDPOConfig` a run was made with."""
+def read_config(run_dir: str | Path) -> TrainConfig:
+    """The `TrainConfig` a run was made with."""
     path = Path(run_dir) / CONFIG_NAME
     if not path.is_file():
         raise RunFolderError(f"{run_dir} is not a ddpo-hub run folder: it has no {CONFIG_NAME}.")
-    return DDPOConfig(**json.loads(path.read_text()))
+    return TrainConfig(**json.loads(path.read_text()))
 
 
 def save_pipeline(unet: UNet2DModel, scheduler_config: dict, run_dir: str | Path) -> None:
@@ -372,6 +394,13 @@ def grid_path(run_dir: str | Path, epoch: int) -> Path:
     return Path(run_dir) / SAMPLES_DIR / f"epoch_{epoch:04d}.png"
 
 
+def save_grid(run_dir: str | Path, epoch: int, images: torch.Tensor) -> None:
+    """The sample grid of an epoch's fixed-seed images (epoch 0: the base model's)."""
+    path = grid_path(run_dir, epoch)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    image_grid(images).save(path)
+
+
 def library_versions() -> dict[str, str]:
     versions = {"python": platform.python_version()}
     for package in ("torch", "diffusers", "accelerate", "huggingface_hub", "peft", "ddpo-hub"):
@@ -380,6 +409,21 @@ def library_versions() -> dict[str, str]:
         except metadata.PackageNotFoundError:
             continue
     return versions
+
+
+def hardware(device: torch.device, num_processes: int, mixed_precision: str) -> dict[str, Any]:
+    """What a run ran on, for `run_info.json`."""
+    name = torch.cuda.get_device_name(device) if device.type == "cuda" else f"{device.type} ({_cpu_name()})"
+    return {
+        "device": name,
+        "num_processes": num_processes,
+        "mixed_precision": mixed_precision,
+        "torch_threads": torch.get_num_threads(),
+    }
+
+
+def _cpu_name() -> str:
+    return platform.processor() or platform.machine()
 
 
 def write_run_info(run_dir: str | Path, *, base_model_path: str, hardware: dict, progress: TrainingProgress) -> None:
@@ -426,9 +470,9 @@ class Run:
     @property
     def rollout_sampler(self) -> Sampler:
         """The sampler its rollouts used, as a stock pipeline runs it: the scheduler, `num_steps`, DDIM's `eta`."""
-        scheduler = str(self.config.get("scheduler", DDPOConfig.scheduler)).upper()
-        eta = float(self.config.get("eta", DDPOConfig.eta)) if scheduler == "DDIM" else None
-        return Sampler(scheduler, int(self.config.get("num_steps", DDPOConfig.num_steps)), eta)
+        scheduler = str(self.config.get("scheduler", TrainConfig.scheduler)).upper()
+        eta = float(self.config.get("eta", TrainConfig.eta)) if scheduler == "DDIM" else None
+        return Sampler(scheduler, int(self.config.get("num_steps", TrainConfig.num_steps)), eta)
 
     @property
     def base_model_path(self) -> str | None:

@@ -37,7 +37,7 @@ from tqdm.auto import tqdm
 from .losses import gaussian_kl
 
 if TYPE_CHECKING:
-    from .config import DDPOConfig
+    from .config import TrainConfig
 
 LOG_SQRT_2PI = 0.5 * math.log(2 * math.pi)
 
@@ -126,7 +126,7 @@ class StochasticSampler:
         self._step_tables: dict[torch.device, _StepTables] = {}
 
     @classmethod
-    def for_run(cls, scheduler_config: dict, config: DDPOConfig) -> StochasticSampler:
+    def for_run(cls, scheduler_config: dict, config: TrainConfig) -> StochasticSampler:
         """The sampler a DDPO run configures: its scheduler kind, steps, eta and `min_train_std`."""
         return cls(
             scheduler_config,

@@ -7,22 +7,26 @@ evaluation -> card -> Hub.
 from __future__ import annotations
 
 from pathlib import Path
+from typing import TYPE_CHECKING
 
-from .config import DDPOConfig
+from .config import Algorithm, TrainConfig
+
+if TYPE_CHECKING:
+    from .trainer import Trainer
 
 
-def trainer_class(algorithm: str) -> type:
-    """The trainer of `--algorithm`: `DDPOTrainer` or `NFTTrainer` (same loop, run folder and outputs)."""
+def trainer_class(algorithm: Algorithm) -> type[Trainer]:
+    """The trainer of `--algorithm`: `DDPOTrainer` or `NFTTrainer` (one core, run folder and outputs)."""
     if algorithm == "nft":
         from .nft import NFTTrainer
 
         return NFTTrainer
-    from .trainer import DDPOTrainer
+    from .ddpo import DDPOTrainer
 
     return DDPOTrainer
 
 
-def check_eval_settings(config: DDPOConfig) -> None:
+def check_eval_settings(config: TrainConfig) -> None:
     """Resolve the end-of-run evaluation's samplers now, so a bad `--eval-*` setting fails before training."""
     from .evaluate import ROLLOUT, parse_num_inference_steps, resolve_samplers
 
@@ -31,7 +35,7 @@ def check_eval_settings(config: DDPOConfig) -> None:
     resolve_samplers(schedulers, steps, rollout=(config.scheduler, config.num_steps, config.eta))
 
 
-def run_training(config: DDPOConfig) -> Path:
+def run_training(config: TrainConfig) -> Path:
     """Train, then evaluate (`eval_num_images` > 0) and publish (`push_to_hub`): what `ddpo-train` does.
 
     Publishing is composed around the trainer: intermediate epochs are pushed as the trainer saves them
