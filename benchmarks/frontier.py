@@ -7,13 +7,13 @@
 A method is a name plus `ddpo-train` flags on top of `--preset tiny --kl-coef 0` (another trainer adds a row with
 its own flags, e.g. `--algorithm nft`). Every method gets the same reward queries (`--query-budget`, by default
 `QUERY_BUDGET`: as many epochs as the preset's samples per epoch allow). Per epoch, the trainer measures 64 fixed
-seeds on its own rollout sampler against the base's images from the same noise (metrics.jsonl:
-jpeg_change_vs_base and the fidelity figures of `training/fidelity.py`, the subject judge's among them where the base ships one). At the end,
-the final model is measured with stock diffusers pipelines, both models given the same noise: `DDIMPipeline`
-with the rollout's steps and eta and with 50 steps at eta 0 (64 seeds each), and `DDPMPipeline`'s default 1000
-steps (`--ddpm-images` seeds, 64 by default). The reference is a Gaussian blur of the base's own samples (radius
-0.5-3): a fine-tune that saves fewer bytes than a blur at the same cut has learned less than a one-line filter,
-unless it keeps what the blur loses (the subject, in the judge's eyes and KID; edge sharpness).
+seeds on its own rollout sampler against the base's images from the same noise (metrics.jsonl: jpeg_change_vs_base
+and the fidelity figures of `training/fidelity.py`, the subject judge's among them where the base ships one). At the
+end, the final model is measured with stock diffusers pipelines, both models given the same noise: `DDIMPipeline`
+with the rollout's steps and eta and with 50 steps at eta 0 (64 seeds each), and `DDPMPipeline`'s default 1000 steps
+(`--ddpm-images` seeds, 64 by default). The reference is a Gaussian blur of the base's own samples (radius 0.5-3): a
+fine-tune that saves fewer bytes than a blur at the same cut has learned less than a one-line filter, unless it
+keeps what the blur loses (the subject, in the judge's eyes and KID; edge sharpness).
 
 Prints one table, writes `frontier.png` (cut against SSIM, one curve per method, one point per epoch) and
 `frontier.json` into the output folder.
