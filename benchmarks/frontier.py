@@ -50,6 +50,12 @@ METHODS: dict[str, str] = {
     "nft-eta0-kl": "--algorithm nft --eta 0 --learning-rate 3e-5 --kl-coef 1",
     # A named, optional reward (benchmarks/frontier_rewards.py): the JPEG reward plus a term for edge sharpness.
     "ddpo-keep-edges": "--reward frontier_rewards:jpeg_compressibility_keep_edges",
+    # Another (same file): the JPEG reward plus the log-probability that the base's judge sees a subject.
+    "ddpo-keep-subject": "--reward frontier_rewards:jpeg_compressibility_keep_subject",
+    # Only the last stochastic steps learn (std 0.1-0.35 of DDIM 20: t = 250 down to 100), every one of them.
+    "ddpo-grain": "--min-train-std 0.1 --max-train-std 0.35 --timestep-fraction 1",
+    # Low-rank adapters (rank 8) instead of every weight: a smaller, lower-dimensional move per update.
+    "ddpo-lora": "--use-lora --learning-rate 3e-4",
 }
 BLUR_RADII = (0.5, 0.75, 1.0, 1.5, 2.0, 3.0)
 NUM_IMAGES = 64
