@@ -5,15 +5,15 @@
     python benchmarks/frontier.py --method "mine=--kl-coef 3 --learning-rate 1e-5"   # any ddpo-train flags
 
 A method is a name plus `ddpo-train` flags on top of `--preset tiny --kl-coef 0` (another trainer adds a row with
-its own flags, e.g. `--algorithm nft`). Every method gets the same 2,048 reward queries (`QUERY_BUDGET`: as many
-epochs as the preset's samples per epoch allow). Per epoch, the trainer measures 64 fixed seeds on its own
-rollout sampler against the base's images from the same noise (metrics.jsonl: jpeg_change_vs_base and the
-fidelity figures of `training/fidelity.py`, the subject judge's among them where the base ships one). At the end,
-the final model is measured with stock diffusers pipelines, both models given the same noise: `DDIMPipeline`
-with the rollout's steps and eta and with 50 steps at eta 0 (64 seeds each), and `DDPMPipeline`'s default 1000
-steps (`--ddpm-images` seeds, 64 by default). The reference is a Gaussian blur of the base's own samples (radius
-0.5-3): a fine-tune that saves fewer bytes than a blur at the same cut has learned less than a one-line filter,
-unless it keeps what the blur loses (the subject, in the judge's eyes and KID; edge sharpness).
+its own flags, e.g. `--algorithm nft`). Every method gets the same reward queries (`--query-budget`, by default
+`QUERY_BUDGET`: as many epochs as the preset's samples per epoch allow). Per epoch, the trainer measures 64 fixed
+seeds on its own rollout sampler against the base's images from the same noise (metrics.jsonl: jpeg_change_vs_base
+and the fidelity figures of `training/fidelity.py`, the subject judge's among them where the base ships one). At the
+end, the final model is measured with stock diffusers pipelines, both models given the same noise: `DDIMPipeline`
+with the rollout's steps and eta and with 50 steps at eta 0 (64 seeds each), and `DDPMPipeline`'s default 1000 steps
+(`--ddpm-images` seeds, 64 by default). The reference is a Gaussian blur of the base's own samples (radius 0.5-3): a
+fine-tune that saves fewer bytes than a blur at the same cut has learned less than a one-line filter, unless it
+keeps what the blur loses (the subject, in the judge's eyes and KID; edge sharpness).
 
 Prints one table, writes `frontier.png` (cut against SSIM, one curve per method, one point per epoch) and
 `frontier.json` into the output folder.
@@ -49,6 +49,14 @@ METHODS: dict[str, str] = {
     "nft-eta0": "--algorithm nft --eta 0 --learning-rate 3e-5",
     "nft-eta1": "--algorithm nft --eta 1 --learning-rate 3e-5",
     "nft-eta0-kl": "--algorithm nft --eta 0 --learning-rate 3e-5 --kl-coef 1",
+    # A named, optional reward (benchmarks/frontier_rewards.py): the JPEG reward plus a term for edge sharpness.
+    "ddpo-keep-edges": "--reward frontier_rewards:jpeg_compressibility_keep_edges",
+    # Another (same file): the JPEG reward plus the log-probability that the base's judge sees a subject.
+    "ddpo-keep-subject": "--reward frontier_rewards:jpeg_compressibility_keep_subject",
+    # Only the last stochastic steps learn (std 0.1-0.35 of DDIM 20: t = 250 down to 100), every one of them.
+    "ddpo-grain": "--min-train-std 0.1 --max-train-std 0.35 --timestep-fraction 1",
+    # Low-rank adapters (rank 8) instead of every weight: a smaller, lower-dimensional move per update.
+    "ddpo-lora": "--use-lora --learning-rate 3e-4",
 }
 BLUR_RADII = (0.5, 0.75, 1.0, 1.5, 2.0, 3.0)
 NUM_IMAGES = 64
@@ -62,12 +70,12 @@ TARGET_DDIM50 = 0.15
 """And a 15% cut where users sample (DDIM 50, eta 0)."""
 
 
-def train_method(name: str, flags: str, output_dir: Path) -> Path:
-    """Run (or reuse, when finished) `--preset tiny` with `flags` for `QUERY_BUDGET` reward queries, measuring
+def train_method(name: str, flags: str, output_dir: Path, query_budget: int = QUERY_BUDGET) -> Path:
+    """Run (or reuse, when finished) `--preset tiny` with `flags` for `query_budget` reward queries, measuring
     64 fixed seeds every epoch."""
     run_dir = output_dir / name
     argv = ["--preset", "tiny", "--kl-coef", "0", *shlex.split(flags)]
-    epochs = QUERY_BUDGET // parse_config(argv).num_samples
+    epochs = query_budget // parse_config(argv).num_samples
     argv += ["--epochs", str(epochs), "--output-dir", str(run_dir)]
     argv += ["--fidelity-num-images", str(NUM_IMAGES), "--eval-num-images", "0"]
     config = parse_config(argv)
@@ -168,6 +176,7 @@ def main() -> None:
     parser.add_argument("--method", action="append", default=[], metavar="NAME=FLAGS", help="add a method")
     parser.add_argument("--output-dir", type=Path, default=Path("runs/frontier"))
     parser.add_argument("--no-train", action="store_true", help="only tabulate runs that already exist")
+    parser.add_argument("--query-budget", type=int, default=QUERY_BUDGET, help="reward queries per method")
     parser.add_argument("--ddpm-images", type=int, default=NUM_IMAGES, help="seeds for DDPM 1000 (the costly one)")
     args = parser.parse_args()
     methods = {name: METHODS[name] for name in args.methods}
@@ -177,7 +186,9 @@ def main() -> None:
     runs = {}
     for name, flags in methods.items():
         started = time.perf_counter()
-        run_dir = args.output_dir / name if args.no_train else train_method(name, flags, args.output_dir)
+        run_dir = (
+            args.output_dir / name if args.no_train else train_method(name, flags, args.output_dir, args.query_budget)
+        )
         runs[name] = (run_dir, time.perf_counter() - started)
 
     base_path = load_run(next(iter(runs.values()))[0]).base_model_path
