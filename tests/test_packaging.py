@@ -49,7 +49,7 @@ def test_wheel_ships_only_the_ddpo_hub_package(tmp_path):
     assert size == (REPO / BUNDLED_WEIGHTS).stat().st_size > 100_000
 
 
-KEPT_OUT_OF_TRAINING = ("jinja2", "gradio", "ddpo_hub.model_card", "ddpo_hub.training.publish.hub")
+KEPT_OUT_OF_TRAINING = ("jinja2", "gradio", "ddpo_hub.model_card", "ddpo_hub.training.publish")
 
 
 @pytest.mark.slow
@@ -69,15 +69,15 @@ def test_importing_the_trainer_leaves_out_publishing_and_the_space(hidden, kept_
     code = (
         "import sys\n"
         f"for name in {hidden!r}: sys.modules[name] = None  # as if not installed\n"
-        "import ddpo_hub.training.trainer\n"
+        "import ddpo_hub.training.ddpo, ddpo_hub.training.nft\n"
         f"print(','.join(name for name in {kept_out!r} if sys.modules.get(name) is not None))\n"
-        "print(sys.modules['ddpo_hub.training.trainer'].train.__module__)\n"
+        "print(sys.modules['ddpo_hub.training.ddpo'].train.__module__)\n"
     )
     result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120, cwd=REPO)
     assert result.returncode == 0, result.stderr[-3000:]
     loaded, trainer = result.stdout.splitlines()
     assert loaded == "", f"importing the trainer loaded {loaded}"
-    assert trainer == "ddpo_hub.training.trainer"
+    assert trainer == "ddpo_hub.training.ddpo"
 
 
 def _imported_modules(path: Path) -> set[str]:
